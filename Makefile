@@ -1,0 +1,42 @@
+# trackrelay: `make run` starts the server on its embedded defaults, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONFIG ?= config/trackrelay.yaml
+
+.PHONY: venv install install-test run test check bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+	cd tests/sdk && npm install --no-audit --no-fund --loglevel=error
+
+run: $(VENV)/.installed
+	mkdir -p data
+	$(VENV)/bin/trackrelay serve --config $(CONFIG)
+
+check: $(VENV)/.installed
+	$(VENV)/bin/trackrelay check --config $(CONFIG)
+
+test: install-test
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/delivery.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

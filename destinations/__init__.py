@@ -1,0 +1,1 @@
+"""Destination adapters: one module per downstream API (see destinations/base.py)."""

@@ -1,0 +1,259 @@
+"""The destination adapter contract.
+
+An adapter turns a batch of stored Segment messages into HTTP request descriptions for one
+downstream API, and (only where that API differs from the shared default) says what a response
+means. Adapters are pure: no I/O, no clock, no randomness, no retry, sleep, queue or session code.
+The delivery engine (proxy/delivery/) owns all of that and never knows a vendor's API.
+
+A destination module ``destinations/<type>.py`` exposes ``ADAPTER = Adapter(...)`` and is listed
+in ``destinations/registry.py``.
+
+    Settings            pydantic model: ``type`` literal, ``endpoint`` where the API has a base URL,
+                        credentials as ``SecretStr``, a description on every field, unknown keys refused
+    integration_names   names that select it in a payload's ``integrations`` object
+    limits              max events / bytes the engine hands to one build_requests call
+                        (bytes = sum of the stored events' JSON sizes); adapters split further
+                        where their API needs smaller requests
+    max_requests_per_second   a vendor rate limit the engine enforces, if any
+    build_requests      (messages, settings) -> Built(requests, skips, rejects)
+    classify            (request, response) -> Outcome; defaults to ``default_classify``
+
+Messages are referred to by their index in the ``messages`` list passed to ``build_requests``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+
+class DestinationSettings(BaseModel):
+    """Base for every adapter's Settings: unknown keys are refused and secrets stay hidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    # Adapters set this to their example settings dict; the shared contract test validates it.
+    example: ClassVar[dict[str, Any]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored event handed to an adapter.
+
+    ``event`` is the enriched Segment message (type, messageId, timestamp, receivedAt, context...).
+    ``source`` is the trackrelay source name it arrived on; ``write_key`` is the key it arrived with
+    (only for adapters that forward to another Segment-compatible collector).
+    """
+
+    event: Mapping[str, Any]
+    source: str = ""
+    write_key: SecretStr | None = None
+
+    @property
+    def type(self) -> str:
+        return self.event.get("type", "")
+
+    @property
+    def message_id(self) -> str:
+        return self.event.get("messageId", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One outgoing HTTP call. ``messages`` are indexes into the batch given to build_requests,
+    in the order the body carries them (so per-position error answers can be mapped back)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None
+    messages: tuple[int, ...]
+
+    def __repr__(self) -> str:  # headers may carry credentials: never print them
+        return f"Request({self.method} {self.url} messages={len(self.messages)} bytes={len(self.body or b'')})"
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A message this destination does not take (unsupported call, missing identity the API
+    needs...). Counted as skipped with the reason; not an error, never retried."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message the API would refuse (over a vendor limit, invalid field). It goes to the dead
+    letters with the reason instead of being sent to fail."""
+
+    index: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Built:
+    requests: list[Request] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    verdict: Verdict
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers.items():
+            if k.lower() == lname:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a response means. ``verdict`` applies to every message of the request, except those
+    listed in ``per_message`` (message index -> outcome) for partial successes."""
+
+    verdict: Verdict
+    reason: str = ""
+    retry_after: float | None = None
+    per_message: Mapping[int, MessageOutcome] | None = None
+
+    def for_message(self, index: int) -> MessageOutcome:
+        if self.per_message and index in self.per_message:
+            return self.per_message[index]
+        return MessageOutcome(self.verdict, self.reason)
+
+
+NOT_RETRIED_5XX = frozenset({501, 505})
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date. None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def body_excerpt(body: bytes, limit: int = 512) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text + ("…" if len(body) > limit else "")
+
+
+def status_verdict(status: int) -> Verdict:
+    if 200 <= status < 300:
+        return Verdict.OK
+    if status in (408, 429) or (500 <= status < 600 and status not in NOT_RETRIED_5XX):
+        return Verdict.RETRY
+    return Verdict.PERMANENT
+
+
+def default_classify(request: Request, response: Response) -> Outcome:
+    """Shared rule: 2xx ok; 408, 429 and 5xx except 501/505 retry (Retry-After honoured); other
+    statuses (4xx, 3xx, 501, 505) are permanent."""
+    verdict = status_verdict(response.status)
+    if verdict is Verdict.OK:
+        return Outcome(Verdict.OK)
+    reason = f"HTTP {response.status}: {body_excerpt(response.body)}"
+    retry_after = parse_retry_after(response.header("Retry-After")) if verdict is Verdict.RETRY else None
+    return Outcome(verdict, reason, retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_events: int = 500
+    max_bytes: int = 5 * 1024 * 1024
+
+
+BuildFn = Callable[[Sequence[Message], Any], Built]
+ClassifyFn = Callable[[Request, Response], Outcome]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    type: str
+    settings: type[DestinationSettings]
+    build_requests: BuildFn
+    integration_names: tuple[str, ...] = ()
+    limits: BatchLimits = BatchLimits()
+    classify: ClassifyFn = default_classify
+    description: str = ""
+    # Vendor rate limit the engine enforces for this destination (requests per second), if any.
+    max_requests_per_second: float | None = None
+
+    def validate_settings(self, raw: Mapping[str, Any]) -> DestinationSettings:
+        data = dict(raw)
+        data.setdefault("type", self.type)
+        return self.settings.model_validate(data)
+
+
+def json_body(obj: Any) -> bytes:
+    """Deterministic JSON encoding for request bodies (sorted keys are NOT used: vendors see the
+    field order we build, which keeps golden files readable)."""
+    return orjson.dumps(obj)
+
+
+def chunk_by_limits(
+    items: Sequence[tuple[int, bytes]], max_events: int, max_bytes: int, overhead: int = 2
+) -> list[list[tuple[int, bytes]]]:
+    """Split pre-encoded items into chunks respecting an item count and a byte budget for a JSON
+    array body (``overhead`` bytes for the brackets, one comma between items)."""
+    chunks: list[list[tuple[int, bytes]]] = []
+    current: list[tuple[int, bytes]] = []
+    size = overhead
+    for item in items:
+        extra = len(item[1]) + (1 if current else 0)
+        if current and (len(current) >= max_events or size + extra > max_bytes):
+            chunks.append(current)
+            current, size = [], overhead
+            extra = len(item[1])
+        current.append(item)
+        size += extra
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def json_array(encoded: Sequence[bytes]) -> bytes:
+    return b"[" + b",".join(encoded) + b"]"

@@ -1,0 +1,31 @@
+"""Every destination type trackrelay knows. Adding a destination = one module + one line here."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from destinations.base import Adapter
+
+# type -> module path. Keep sorted.
+MODULES: dict[str, str] = {
+    "console": "destinations.console",
+    "segment": "destinations.segment",
+    "webhook": "destinations.webhook",
+}
+
+
+@cache
+def get(type_: str) -> Adapter:
+    try:
+        module = MODULES[type_]
+    except KeyError:
+        raise KeyError(f"unknown destination type {type_!r}; known: {', '.join(sorted(MODULES))}") from None
+    adapter = importlib.import_module(module).ADAPTER
+    if adapter.type != type_:
+        raise RuntimeError(f"{module} declares type {adapter.type!r}, registered as {type_!r}")
+    return adapter
+
+
+def all_adapters() -> list[Adapter]:
+    return [get(t) for t in sorted(MODULES)]

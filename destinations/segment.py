@@ -1,0 +1,108 @@
+"""Segment (or any Segment-compatible collector): forward events to the Tracking API batch endpoint.
+
+API: POST {endpoint}/v1/batch with {"batch": [...], "sentAt": ...}; docs:
+https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/ . Auth: HTTP Basic
+with the write key as user and an empty password. ``write_key: passthrough`` forwards each event
+with the key it arrived with (the first-party proxy case): events are grouped by key.
+Hosts: US https://api.segment.io, EU https://events.eu1.segmentapis.com; ``endpoint`` takes any
+Segment-compatible collector (another trackrelay included).
+
+Limits (Segment's): 32 KB per event (larger events are dead-lettered, not sent to fail), 500 KB
+and 2,500 events per request.
+
+Mapping: every call type is forwarded unchanged with its messageId, timestamp, originalTimestamp,
+sentAt and context (Segment dedups on messageId). ``receivedAt`` is dropped: the collector sets its
+own. Responses: shared default classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+
+from destinations.base import (
+    Adapter,
+    BatchLimits,
+    Built,
+    DestinationSettings,
+    Message,
+    Reject,
+    Request,
+    chunk_by_limits,
+    json_body,
+)
+from destinations.semantic import event_time, iso_utc
+import base64
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_REQUEST_BYTES = 500 * 1024
+MAX_EVENTS = 2500
+REGIONS = {"us": "https://api.segment.io", "eu": "https://events.eu1.segmentapis.com"}
+
+
+class Settings(DestinationSettings):
+    type: Literal["segment"] = Field("segment", description="Adapter type.")
+    write_key: SecretStr = Field(
+        description="Write key of the Segment source to forward to, or `passthrough` to forward each event with the key it arrived with."
+    )
+    region: Literal["us", "eu"] = Field("us", description="Segment region, used when `endpoint` is not set.")
+    endpoint: AnyHttpUrl | None = Field(
+        None, description="Base URL of the collector (default: the region's Segment API host)."
+    )
+    max_request_bytes: int = Field(
+        MAX_REQUEST_BYTES, ge=10_000, le=MAX_REQUEST_BYTES, description="Upper bound on a request body."
+    )
+
+    example = {"type": "segment", "write_key": "sk_live_forward_key"}
+
+    @property
+    def base_url(self) -> str:
+        return str(self.endpoint).rstrip("/") if self.endpoint else REGIONS[self.region]
+
+    @property
+    def passthrough(self) -> bool:
+        return self.write_key.get_secret_value() == "passthrough"
+
+
+def _basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
+    built = Built()
+    by_key: dict[str, list[tuple[int, bytes]]] = {}
+    for i, msg in enumerate(messages):
+        if settings.passthrough:
+            if msg.write_key is None:
+                built.rejects.append(Reject(i, "write_key is passthrough but the event's source key is unknown"))
+                continue
+            key = msg.write_key.get_secret_value()
+        else:
+            key = settings.write_key.get_secret_value()
+        event = {k: v for k, v in msg.event.items() if k != "receivedAt"}
+        encoded = json_body(event)
+        if len(encoded) > MAX_EVENT_BYTES:
+            built.rejects.append(Reject(i, f"event is {len(encoded)} bytes; Segment accepts at most {MAX_EVENT_BYTES}"))
+            continue
+        by_key.setdefault(key, []).append((i, encoded))
+    url = settings.base_url + "/v1/batch"
+    for key, items in by_key.items():
+        for chunk in chunk_by_limits(items, MAX_EVENTS, settings.max_request_bytes - 100):
+            sent_at = max((event_time(messages[i].event) for i, _ in chunk), default=None, key=lambda t: t.timestamp() if t else 0)
+            tail = b'],"sentAt":' + json_body(iso_utc(sent_at) if sent_at else None) + b"}"
+            body = b'{"batch":[' + b",".join(b for _, b in chunk) + tail
+            headers = {"Content-Type": "application/json", "Authorization": _basic(key)}
+            built.requests.append(Request("POST", url, headers, body, tuple(i for i, _ in chunk)))
+    return built
+
+
+ADAPTER = Adapter(
+    type="segment",
+    settings=Settings,
+    build_requests=build_requests,
+    integration_names=("Segment", "Segment.io (forward)"),
+    limits=BatchLimits(max_events=MAX_EVENTS, max_bytes=MAX_REQUEST_BYTES),
+    description="Forward events to Segment's Tracking API or any Segment-compatible collector.",
+)

@@ -1,0 +1,163 @@
+"""Start a real trackrelay server process for tests.
+
+    with TrackRelay(tmp_path, destinations=[{...}]) as tr:
+        tr.url                 # http://127.0.0.1:PORT
+        tr.write_key           # the write key of source "web"
+        tr.post("/v1/track", {...})            # -> (status, json)
+        tr.kill(); tr.start()  # SIGKILL and restart on the same spool
+        tr.spool_events()      # every stored event (reads the SQLite spool directly)
+
+Destinations are config dicts exactly as in trackrelay.yaml (name, type, settings, delivery...).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import urllib.request
+import urllib.error
+import yaml
+
+from tests.fakes.base import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+WRITE_KEY = "test-write-key-123"
+
+
+class TrackRelay:
+    def __init__(
+        self,
+        tmp_path: Path,
+        destinations: list[dict[str, Any]] | None = None,
+        sources: list[dict[str, Any]] | None = None,
+        server: dict[str, Any] | None = None,
+        storage: dict[str, Any] | None = None,
+        delivery: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.tmp_path = Path(tmp_path)
+        self.port = free_port()
+        self.write_key = WRITE_KEY
+        self.data_dir = self.tmp_path / "data"
+        config: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": self.port, **(server or {})},
+            "storage": {"path": str(self.data_dir), **(storage or {})},
+            "sources": sources if sources is not None else [{"name": "web", "write_keys": [WRITE_KEY]}],
+            "destinations": destinations or [],
+        }
+        if delivery is not None:
+            config["delivery"] = delivery
+        if limits is not None:
+            config["limits"] = limits
+        config.update(extra or {})
+        self.config = config
+        self.config_path = self.tmp_path / "trackrelay.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.tmp_path / "trackrelay.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "TrackRelay":
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"trackrelay exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"trackrelay not ready in {timeout}s:\n{self.logs()[-4000:]}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def __enter__(self) -> "TrackRelay":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def post(
+        self, path: str, body: Any, *, headers: dict[str, str] | None = None, auth: bool = False,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data = raw if raw is not None else orjson.dumps(body)
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if auth:
+            hdrs["Authorization"] = "Basic " + base64.b64encode(f"{self.write_key}:".encode()).decode()
+        req = urllib.request.Request(self.url + path, data=data, headers=hdrs, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                payload = r.read()
+                return r.status, (orjson.loads(payload) if payload else None), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            payload = e.read()
+            try:
+                parsed = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                parsed = payload
+            return e.code, parsed, dict(e.headers)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        req = urllib.request.Request(self.url + path, headers=headers or {}, method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                payload = r.read()
+                try:
+                    return r.status, orjson.loads(payload), dict(r.headers)
+                except orjson.JSONDecodeError:
+                    return r.status, payload, dict(r.headers)
+        except urllib.error.HTTPError as e:
+            payload = e.read()
+            try:
+                return e.code, orjson.loads(payload), dict(e.headers)
+            except orjson.JSONDecodeError:
+                return e.code, payload, dict(e.headers)
+
+    def spool_events(self) -> list[dict[str, Any]]:
+        """Every event stored in the spool, in arrival order (read straight from SQLite)."""
+        from proxy.spool.sqlite import read_all_events
+
+        return read_all_events(self.data_dir)

@@ -1,0 +1,194 @@
+"""The aiohttp application: routes, CORS and error middlewares, startup and shutdown.
+
+Every response, errors included, carries CORS headers (a browser that cannot read a response
+re-sends the event), and every error is JSON ``{"success": false, "code", "message"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.config import Config
+from proxy.delivery.engine import DeliveryEngine
+from proxy.ingest import Ingest, error
+from proxy.metrics import METRICS
+from proxy.routing import Router
+from proxy.spool.sqlite import Spool
+
+log = structlog.get_logger("trackrelay.app")
+
+SPOOL = web.AppKey("spool", Spool)
+ENGINE = web.AppKey("engine", DeliveryEngine)
+INGEST = web.AppKey("ingest", Ingest)
+CONFIG = web.AppKey("config", Config)
+
+ALLOW_HEADERS = ("Content-Type", "Authorization", "X-Retry-Count")
+EXPOSE_HEADERS = "Retry-After, X-RateLimit-Reset"
+
+
+def cors_headers(config: Config, request: web.Request) -> dict[str, str]:
+    origins = config.server.cors_origins
+    origin = request.headers.get("Origin")
+    headers = {"Access-Control-Expose-Headers": EXPOSE_HEADERS}
+    if origin and ("*" in origins or origin in origins):
+        # Echo the origin (with credentials allowed) so fetch(credentials: "include") works too.
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Allow-Credentials"] = "true"
+        headers["Vary"] = "Origin"
+    elif "*" in origins:
+        headers["Access-Control-Allow-Origin"] = "*"
+    return headers
+
+
+def make_middlewares(config: Config) -> list:
+    @web.middleware
+    async def cors_and_errors(request: web.Request, handler) -> web.StreamResponse:
+        try:
+            if request.method == "OPTIONS":
+                response: web.StreamResponse = preflight(config, request)
+            else:
+                response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
+            status = 400 if exc.status == 413 else exc.status
+            response = error(status, code, exc.reason or "error")
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # ours, never the client's fault
+            log.exception("unhandled_error", path=request.path, error=repr(exc))
+            response = error(500, "internal_error", "internal error")
+        for k, v in cors_headers(config, request).items():
+            response.headers.setdefault(k, v)
+        return response
+
+    return [cors_and_errors]
+
+
+def preflight(config: Config, request: web.Request) -> web.Response:
+    requested = request.headers.get("Access-Control-Request-Headers", "")
+    allow = list(ALLOW_HEADERS)
+    for h in (x.strip() for x in requested.split(",")):
+        if h and h.lower() not in (a.lower() for a in allow):
+            allow.append(h)
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+        "Access-Control-Allow-Headers": ", ".join(allow),
+        "Access-Control-Max-Age": "86400",
+    })
+
+
+async def settings_handler(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    ingest = request.app[INGEST]
+    key = request.match_info["write_key"]
+    if key not in ingest.keys:
+        return error(404, "not_found", "unknown write key")
+    if config.server.public_url:
+        parts = urlsplit(config.server.public_url)
+        protocol, host = parts.scheme or "https", parts.netloc + parts.path.rstrip("/")
+    else:
+        protocol = request.scheme
+        if ingest.is_trusted(request.remote) and request.headers.get("X-Forwarded-Proto"):
+            protocol = request.headers["X-Forwarded-Proto"].split(",")[0].strip()
+        host = request.host
+    api_host = host + "/v1"
+    body = {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": key,
+                "apiHost": api_host,
+                "protocol": protocol,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+                "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]},
+            }
+        },
+        "plan": {"track": {"__default": {"enabled": True, "integrations": {}}},
+                 "identify": {"__default": {"enabled": True}},
+                 "group": {"__default": {"enabled": True}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0, "host": api_host},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json",
+                        headers={"Cache-Control": "public, max-age=60"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    spool = request.app[SPOOL]
+    engine = request.app[ENGINE]
+    problems = []
+    if not spool.alive:
+        problems.append("spool writer not running")
+    problems += engine.problems()
+    if problems:
+        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready", "spool_full": spool.full})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    METRICS.spool_bytes.set(request.app[SPOOL].size_bytes)
+    return web.Response(body=generate_latest(METRICS.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def maintenance(app: web.Application) -> None:
+    spool, engine = app[SPOOL], app[ENGINE]
+    while True:
+        await asyncio.sleep(2.0)
+        try:
+            await spool.maintain(engine.active_destinations())
+        except Exception as exc:
+            log.error("maintenance_failed", error=repr(exc))
+
+
+def create_app(config: Config) -> web.Application:
+    limit = config.limits.max_request_bytes
+    app = web.Application(middlewares=make_middlewares(config), client_max_size=limit + limit // 10 + 1024)
+    app[CONFIG] = config
+    spool = Spool(config.storage.path, config.storage.durability, config.storage.dedup_window,
+                  config.storage.max_bytes, config.storage.retention)
+    app[SPOOL] = spool
+    app[INGEST] = ingest = Ingest(config, spool, Router(config.destinations))
+    app[ENGINE] = engine = DeliveryEngine(config, spool)
+
+    app.router.add_route("POST", "/v1/{call}", ingest.handle)
+    app.router.add_get("/v1/projects/{write_key}/settings", settings_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_route("OPTIONS", "/{tail:.*}", lambda r: preflight(config, r))
+
+    async def lifecycle(app: web.Application):
+        spool.start()
+        await engine.start()
+        task = asyncio.create_task(maintenance(app))
+        log.info("started", destinations=[d.name for d in config.destinations if d.enabled],
+                 sources=[s.name for s in config.sources], spool=str(config.storage.path))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.stop(config.server.shutdown_grace)
+        await spool.close()
+        log.info("stopped")
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,409 @@
+"""trackrelay's configuration: YAML -> pydantic models, ``${VAR}`` / ``${VAR:-default}``
+interpolation for secrets, and error reports that name the file, line and field path.
+
+Interpolation happens on scalar values after YAML parsing, so a secret can never change the
+document's structure. Destination ``settings`` are validated with the adapter's own Settings model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from destinations import registry
+from destinations.base import Adapter, DestinationSettings
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
+    "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4,
+}
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 500KB or 10GiB")
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size (examples: 32768, 500KB, 10GiB)")
+    unit = m.group(2).lower() if m.group(2) else None
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 250ms, 5s or 4h")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (examples: 0.5, 250ms, 30s, 4h)")
+    unit = m.group(2).lower() if m.group(2) else None
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class ServerConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8088, ge=0, le=65535, description="Port to listen on.")
+    public_url: str | None = Field(
+        None, description="How browsers reach this server (e.g. https://t.example.com); used in the settings endpoint."
+    )
+    cors_origins: list[str] = Field(["*"], description="Origins allowed by CORS; '*' allows any.")
+    trusted_proxies: list[str] = Field(
+        [], description="Peers (IPs or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are trusted."
+    )
+    shutdown_grace: float = Field(10.0, description="Seconds to finish in-flight work on SIGTERM.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    @field_validator("shutdown_grace", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class StorageConfig(_Model):
+    path: Path = Field(Path("./data"), description="Directory of the embedded SQLite spool.")
+    max_bytes: int = Field(10 * 1024**3, description="Spool size at which ingest answers 429.")
+    durability: Literal["full", "normal"] = Field(
+        "full", description="full: fsync on every commit (no accepted event lost on power loss); normal: fsync at checkpoints."
+    )
+    dedup_window: float = Field(86400.0, description="Window for (source, messageId) deduplication.")
+    retention: float = Field(
+        3600.0, description="How long delivered events stay in the spool (for inspection) while under max_bytes."
+    )
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @field_validator("dedup_window", "retention", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class LimitsConfig(_Model):
+    max_event_bytes: int = Field(32 * 1024, description="Largest accepted event (JSON bytes).")
+    max_request_bytes: int = Field(500 * 1024, description="Largest accepted request body, after decompression.")
+    max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
+    max_message_id_length: int = Field(100, ge=1, description="Longest accepted messageId.")
+
+    @field_validator("max_event_bytes", "max_request_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        return parse_size(v)
+
+
+class DeliveryConfig(_Model):
+    """Retry and batching knobs; every field is optional so a destination can override a few."""
+
+    max_batch_events: int | None = Field(None, ge=1, description="Most events per batch handed to the adapter.")
+    max_batch_bytes: int | None = Field(None, ge=1024, description="Most event bytes per batch.")
+    flush_interval: float | None = Field(None, ge=0, description="How long a partial batch may wait for more events.")
+    concurrency: int | None = Field(None, ge=1, le=64, description="Requests in flight at once for this destination.")
+    timeout: float | None = Field(None, gt=0, description="HTTP timeout per request.")
+    inflight_retries: int | None = Field(None, ge=0, le=10, description="Quick retries before rescheduling durably.")
+    backoff_initial: float | None = Field(None, gt=0, description="First durable retry delay.")
+    backoff_max: float | None = Field(None, gt=0, description="Largest durable retry delay.")
+    retry_window: float | None = Field(
+        None, description="How long to keep retrying before dead-lettering; 'forever' never gives up."
+    )
+    max_requests_per_second: float | None = Field(None, gt=0, description="Rate limit towards the destination.")
+
+    @field_validator("max_batch_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+    @field_validator("flush_interval", "timeout", "backoff_initial", "backoff_max", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("retry_window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, str) and v.strip().lower() in ("forever", "infinite", "unlimited"):
+            return float("inf")
+        return parse_duration(v)
+
+
+DELIVERY_DEFAULTS = DeliveryConfig(
+    max_batch_events=500,
+    max_batch_bytes=5 * 1024 * 1024,
+    flush_interval=0.2,
+    concurrency=4,
+    timeout=15.0,
+    inflight_retries=2,
+    backoff_initial=1.0,
+    backoff_max=600.0,
+    retry_window=4 * 3600.0,
+    max_requests_per_second=None,
+)
+
+
+@dataclass(frozen=True)
+class EffectiveDelivery:
+    max_batch_events: int
+    max_batch_bytes: int
+    flush_interval: float
+    concurrency: int
+    timeout: float
+    inflight_retries: int
+    backoff_initial: float
+    backoff_max: float
+    retry_window: float
+    max_requests_per_second: float | None
+
+
+class FilterConfig(_Model):
+    """Drop events before they are queued for a destination."""
+
+    types: list[Literal["track", "identify", "page", "screen", "group", "alias"]] | None = Field(
+        None, description="Only these call types reach the destination."
+    )
+    events: list[str] | None = Field(None, description="Only track events with these names reach the destination.")
+    exclude_events: list[str] = Field([], description="Track events with these names never reach it.")
+
+
+class SourceConfig(_Model):
+    name: str = Field(min_length=1, description="Source name (kept on stored events instead of the write key).")
+    write_keys: list[str] = Field(min_length=1, description="Write keys that authenticate this source.")
+
+    @field_validator("write_keys")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not key or not key.strip():
+                raise ValueError("a write key is empty (is its ${VAR} unset?)")
+        return v
+
+    def __repr__(self) -> str:
+        return f"SourceConfig(name={self.name!r}, write_keys=[{len(self.write_keys)} hidden])"
+
+
+class DestinationConfig(_Model):
+    name: str = Field(min_length=1, description="Unique destination name.")
+    type: str = Field(description="Adapter type.")
+    enabled: bool = Field(True, description="Disabled destinations get nothing.")
+    sources: list[str] | None = Field(None, description="Only events from these sources (default: all).")
+    settings: dict[str, Any] = Field(default_factory=dict, description="The adapter's settings.")
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Per-destination overrides.")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="Which events it gets.")
+
+    _parsed: DestinationSettings | None = PrivateAttr(None)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in registry.MODULES:
+            raise ValueError(f"unknown destination type {v!r}; known: {', '.join(sorted(registry.MODULES))}")
+        return v
+
+    @property
+    def adapter(self) -> Adapter:
+        return registry.get(self.type)
+
+    @property
+    def parsed_settings(self) -> DestinationSettings:
+        if self._parsed is None:
+            self._parsed = self.adapter.validate_settings(self.settings)
+        return self._parsed
+
+    def effective_delivery(self, defaults: DeliveryConfig) -> EffectiveDelivery:
+        adapter = registry.get(self.type)
+        merged: dict[str, Any] = {}
+        for name in DeliveryConfig.model_fields:
+            for layer in (self.delivery, defaults, DELIVERY_DEFAULTS):
+                value = getattr(layer, name)
+                if value is not None:
+                    merged[name] = value
+                    break
+            else:
+                merged[name] = None
+        merged["max_batch_events"] = min(merged["max_batch_events"], adapter.limits.max_events)
+        merged["max_batch_bytes"] = min(merged["max_batch_bytes"], adapter.limits.max_bytes)
+        if merged["max_requests_per_second"] is None:
+            merged["max_requests_per_second"] = adapter.max_requests_per_second
+        return EffectiveDelivery(**merged)
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["json", "console"] = Field("json", description="json lines or human-readable.")
+
+
+class Config(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sources: list[SourceConfig] = Field(min_length=1)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Defaults for every destination.")
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique: {sorted(dup)}")
+        keys = [k for s in self.sources for k in s.write_keys]
+        if len(keys) != len(set(keys)):
+            raise ValueError("a write key is used by more than one source")
+        dnames = [d.name for d in self.destinations]
+        dup = {n for n in dnames if dnames.count(n) > 1}
+        if dup:
+            raise ValueError(f"destination names must be unique: {sorted(dup)}")
+        for d in self.destinations:
+            for s in d.sources or []:
+                if s not in names:
+                    raise ValueError(f"destination {d.name!r} lists unknown source {s!r}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConfigProblem:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '(top)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _interpolate(value: Any, path: str, missing: list[str], env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            missing.append(f"{path}: ${{{name}}} is not set and has no default")
+            return ""
+
+        result = _VAR.sub(sub, value)
+        if result != value and _VAR.fullmatch(value.strip()) and result.lower() in ("null", "~"):
+            return None
+        return result
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), missing, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}.{i}", missing, env) for i, v in enumerate(value)]
+    return value
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = (), out: dict | None = None) -> dict:
+    out = {} if out is None else out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            out[path + (k,)] = key.start_mark.line + 1
+            _line_index(value, path + (k,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, path + (i,), out)
+    return out
+
+
+def _line_for(lines: dict, loc: tuple[Any, ...]) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        msg = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(file, line, "", f"invalid YAML: {msg}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(file, 1, "", "the config must be a mapping")])
+    lines = _line_index(node) if node is not None else {}
+    missing: list[str] = []
+    data = _interpolate(raw, "", missing, env)
+    problems = []
+    for m in missing:
+        where, msg = m.split(": ", 1)
+        loc = tuple(int(x) if x.isdigit() else x for x in where.split(".") if x)
+        problems.append(ConfigProblem(file, _line_for(lines, loc), where, msg))
+    def add(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> None:
+        for err in exc.errors():
+            loc = prefix + tuple(err["loc"])
+            problems.append(ConfigProblem(file, _line_for(lines, loc), ".".join(str(x) for x in loc), err["msg"]))
+
+    config = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        add(exc)
+    raw_dests = data.get("destinations")
+    for i, dest in enumerate(raw_dests if isinstance(raw_dests, list) else []):
+        if not isinstance(dest, dict) or dest.get("type") not in registry.MODULES:
+            continue
+        settings = dest.get("settings") or {}
+        if not isinstance(settings, dict):
+            continue  # already reported by the Config model
+        try:
+            registry.get(dest["type"]).validate_settings(settings)
+        except ValidationError as exc:
+            add(exc, ("destinations", i, "settings"))
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config

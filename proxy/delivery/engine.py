@@ -1,0 +1,521 @@
+"""Delivery: one worker per enabled destination pulls its events from the spool, batches them,
+asks the adapter for request descriptions, sends them, classifies the answers and records every
+outcome — delivered, skipped (with a reason), rescheduled durably, or dead-lettered with the
+last response. Nothing here knows a vendor's API.
+
+Per destination:
+- a reader follows the spool log from the destination's cursor and takes due retries first;
+- batches flush on ``max_batch_events``, ``max_batch_bytes`` or ``flush_interval``;
+- up to ``concurrency`` batches are in flight; each request gets a few quick in-flight retries
+  (tenacity) before a failure is rescheduled durably with exponential backoff and jitter, capped
+  at ``backoff_max``, Retry-After winning; past ``retry_window`` the event is dead-lettered;
+- while a destination is failing, it stops reading new events (its backlog stays on disk) and
+  only retries its rescheduled events, so a dead destination costs neither memory nor the other
+  destinations anything;
+- the cursor moves past a log row only after all its events are resolved, in the same spool
+  transaction that stores their retries and dead letters, so a crash re-delivers (at-least-once)
+  and never loses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import sys
+import time
+from datetime import datetime
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
+
+from destinations.base import (
+    Adapter,
+    Built,
+    Message,
+    MessageOutcome,
+    Outcome,
+    Request,
+    Response,
+    Verdict,
+    body_excerpt,
+)
+from proxy.config import Config, DestinationConfig, EffectiveDelivery
+from proxy.metrics import METRICS
+from proxy.spool.sqlite import Spool
+
+log = structlog.get_logger("trackrelay.delivery")
+
+INFLIGHT_MAX_WAIT = 5.0  # longer Retry-After values are waited out durably, not in flight
+_SEVERITY = {Verdict.OK: 0, Verdict.RETRY: 1, Verdict.PERMANENT: 2}
+
+
+@dataclass(slots=True)
+class Entry:
+    event: dict[str, Any]
+    source: str
+    key_index: int
+    size: int
+    log_id: int | None = None      # from the log ...
+    retry_id: int | None = None    # ... or from the retry table
+    attempts: int = 0
+    first_failed: float | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    verdict: Verdict | None  # None = skipped by the adapter
+    reason: str = ""
+    status: int | None = None
+    response: str | None = None
+    retry_after: float | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+    last_status: int | None = None
+    last_body: str | None = None
+
+
+def backoff(attempts: int, initial: float, cap: float) -> float:
+    """Exponential backoff with full jitter in [base/2, base], capped."""
+    base = min(cap, initial * (2 ** max(0, attempts - 1)))
+    return base / 2 + random.random() * base / 2
+
+
+class DestinationWorker:
+    def __init__(self, dest: DestinationConfig, delivery: EffectiveDelivery, spool: Spool,
+                 engine: "DeliveryEngine") -> None:
+        self.name = dest.name
+        self.adapter: Adapter = dest.adapter
+        self.settings = dest.parsed_settings
+        self.d = delivery
+        self.spool = spool
+        self.engine = engine
+        self.new_data = spool.subscribe()
+        self.cursor = 0
+        self.read_pos = 0
+        self.pending: OrderedDict[int, int] = OrderedDict()  # log row id -> events not yet resolved
+        self.buffer: deque[Entry] = deque()
+        self.buffer_since: float | None = None
+        self.paused_until = 0.0
+        self.inflight_retry_ids: set[int] = set()
+        self.next_retry_check = 0.0
+        self.inflight: set[asyncio.Task] = set()
+        self.sem = asyncio.Semaphore(delivery.concurrency)
+        self.stopping = False
+        self.task: asyncio.Task | None = None
+        self._next_send = 0.0
+        self._rate_lock = asyncio.Lock()
+        self.log = log.bind(destination=self.name, type=self.adapter.type)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.cursor = self.read_pos = await self.spool.cursor(self.name)
+        self.task = asyncio.create_task(self.run(), name=f"deliver:{self.name}")
+
+    async def run(self) -> None:
+        while not self.stopping:
+            try:
+                batch = await self.next_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the worker alive; the spool may be briefly busy
+                self.log.error("worker_error", error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if not batch:
+                continue
+            await self.sem.acquire()
+            task = asyncio.create_task(self.deliver(batch))
+            self.inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.inflight.discard(task)
+        self.sem.release()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("deliver_failed", error=repr(task.exception()))
+
+    async def next_batch(self) -> list[Entry] | None:
+        now = time.time()
+        if now >= self.next_retry_check:
+            retries = await self._due_retries(now)
+            if retries:
+                return retries
+        if now < self.paused_until:
+            await self._wait(min(self.paused_until, self.next_retry_check) - now)
+            return None
+        if len(self.buffer) < self.d.max_batch_events:
+            await self._fill()
+        if not self.buffer:
+            await self._wait(min(1.0, max(0.0, self.next_retry_check - time.time())) or 1.0)
+            return None
+        if self.buffer_since is None:
+            self.buffer_since = time.monotonic()
+        if len(self.buffer) < self.d.max_batch_events and self._buffered_bytes() < self.d.max_batch_bytes:
+            remaining = self.d.flush_interval - (time.monotonic() - self.buffer_since)
+            if remaining > 0 and not self.stopping:
+                await self._wait(remaining)
+                await self._fill()
+                if len(self.buffer) < self.d.max_batch_events and time.monotonic() - self.buffer_since < self.d.flush_interval:
+                    return None
+        return self._take()
+
+    def _buffered_bytes(self) -> int:
+        return sum(e.size for e in self.buffer)
+
+    def _take(self) -> list[Entry]:
+        batch: list[Entry] = []
+        size = 0
+        while self.buffer and len(batch) < self.d.max_batch_events:
+            entry = self.buffer[0]
+            if batch and size + entry.size > self.d.max_batch_bytes:
+                break
+            batch.append(self.buffer.popleft())
+            size += entry.size
+        self.buffer_since = time.monotonic() if self.buffer else None
+        return batch
+
+    async def _wait(self, seconds: float) -> None:
+        if seconds <= 0 or self.stopping:
+            return
+        self.new_data.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.new_data.wait(), seconds)
+
+    async def _fill(self) -> None:
+        if self.read_pos >= self.spool.last_log_id:
+            return
+        rows = await self.spool.read(lambda conn: Spool.fetch_log(conn, self.read_pos, 64))
+        advanced = False
+        for row in rows:
+            mine = [rec for rec in row.records if self.name in rec.get("d", ())]
+            self.read_pos = row.id
+            if not mine:
+                if not self.pending:
+                    self.cursor = row.id
+                    advanced = True
+                else:
+                    self.pending[row.id] = 0
+                continue
+            self.pending[row.id] = len(mine)
+            size = max(1, row.size // len(row.records))  # per-event share of the row's bytes
+            for rec in mine:
+                self.buffer.append(Entry(rec["e"], row.source, row.key_index, size, log_id=row.id))
+        if advanced:
+            self._persist_cursor()
+
+    async def _due_retries(self, now: float) -> list[Entry]:
+        limit = self.d.max_batch_events + len(self.inflight_retry_ids)
+        rows = await self.spool.read(lambda conn: Spool.fetch_due_retries(conn, self.name, now, limit))
+        entries = []
+        for r in rows:
+            if r.id in self.inflight_retry_ids:
+                continue
+            self.inflight_retry_ids.add(r.id)
+            entries.append(Entry(r.event, r.source, r.key_index, len(orjson.dumps(r.event)), retry_id=r.id,
+                                 attempts=r.attempts, first_failed=r.first_failed))
+            if len(entries) >= self.d.max_batch_events:
+                break
+        if not entries:
+            nxt = await self.spool.read(lambda conn: Spool.next_retry_due(conn, self.name))
+            # poll at least every second: `trackrelay dead-letters replay` adds rows from outside
+            self.next_retry_check = min(nxt, now + 1.0) if nxt is not None else now + 1.0
+        return entries
+
+    def _advance_cursor(self) -> bool:
+        moved = False
+        while self.pending:
+            row_id, outstanding = next(iter(self.pending.items()))
+            if outstanding > 0:
+                break
+            self.pending.popitem(last=False)
+            self.cursor = row_id
+            moved = True
+        if not self.pending and self.read_pos > self.cursor and not self.buffer:
+            self.cursor = self.read_pos
+            moved = True
+        return moved
+
+    def _persist_cursor(self) -> None:
+        name, pos = self.name, self.cursor
+        self.spool.submit_nowait(lambda conn: conn.execute(
+            "UPDATE cursors SET pos = ? WHERE dest = ? AND pos < ?", (pos, name, pos)))
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def deliver(self, batch: list[Entry]) -> None:
+        results = await self.send(batch)
+        await self.record(batch, results)
+
+    async def send(self, batch: list[Entry]) -> list[Result]:
+        messages = [Message(e.event, e.source, self.engine.write_key(e.source, e.key_index)) for e in batch]
+        results: list[Result] = [Result(Verdict.OK) for _ in batch]
+        try:
+            built: Built = self.adapter.build_requests(messages, self.settings)
+        except Exception as exc:  # an adapter bug must not lose events: dead-letter them, replayable
+            self.log.exception("adapter_failed", error=repr(exc))
+            reason = f"adapter error: {exc!r}"[:500]
+            return [Result(Verdict.PERMANENT, reason) for _ in batch]
+        for skip in built.skips:
+            results[skip.index] = Result(None, skip.reason)
+        for reject in built.rejects:
+            results[reject.index] = Result(Verdict.PERMANENT, f"rejected before sending: {reject.reason}")
+        for req in built.requests:
+            outcome, tries = await self.send_request(req)
+            for i in req.messages:
+                current = results[i]
+                if current.verdict is None:
+                    continue
+                mo: MessageOutcome = outcome.for_message(i)
+                current.attempts = max(current.attempts, tries.count)
+                if _SEVERITY[mo.verdict] > _SEVERITY[current.verdict]:
+                    results[i] = Result(mo.verdict, mo.reason, tries.last_status, tries.last_body,
+                                        outcome.retry_after, tries.count)
+        return results
+
+    async def send_request(self, req: Request) -> tuple[Outcome, _Attempts]:
+        tries = _Attempts()
+
+        def wait(state: RetryCallState) -> float:
+            outcome: Outcome = state.outcome.result()
+            if outcome.retry_after is not None:
+                return outcome.retry_after
+            return backoff(state.attempt_number, 0.2, 2.0)
+
+        def should_retry(outcome: Outcome) -> bool:
+            return (outcome.verdict is Verdict.RETRY and not outcome.per_message and not self.stopping
+                    and (outcome.retry_after is None or outcome.retry_after <= INFLIGHT_MAX_WAIT))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.d.inflight_retries + 1),
+            wait=wait,
+            retry=retry_if_result(should_retry),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
+        outcome = await retrying(self.attempt, req, tries)
+        return outcome, tries
+
+    async def attempt(self, req: Request, tries: _Attempts) -> Outcome:
+        await self._rate_limit()
+        tries.count += 1
+        started = time.monotonic()
+        try:
+            response = await self.engine.transport(req, self.d.timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            reason = f"network error: {type(exc).__name__}: {exc}"[:300]
+            tries.last_status, tries.last_body = None, reason
+            METRICS.requests_sent.labels(self.name, "network_error").inc()
+            self.log.info("request_failed", url=_safe_url(req.url), error=reason, attempt=tries.count)
+            return Outcome(Verdict.RETRY, reason)
+        tries.last_status, tries.last_body = response.status, body_excerpt(response.body, 2000)
+        try:
+            outcome = self.adapter.classify(req, response)
+        except Exception as exc:
+            self.log.exception("classify_failed", error=repr(exc))
+            outcome = Outcome(Verdict.RETRY if response.status >= 500 else Verdict.PERMANENT,
+                              f"HTTP {response.status} (classifier error: {exc!r})")
+        METRICS.requests_sent.labels(self.name, outcome.verdict.value).inc()
+        self.log.debug("request_done", url=_safe_url(req.url), status=response.status, verdict=outcome.verdict.value,
+                       messages=len(req.messages), ms=round((time.monotonic() - started) * 1000, 1))
+        return outcome
+
+    async def _rate_limit(self) -> None:
+        rps = self.d.max_requests_per_second
+        if not rps:
+            return
+        async with self._rate_lock:
+            now = time.monotonic()
+            wait = self._next_send - now
+            self._next_send = max(now, self._next_send) + 1.0 / rps
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    # -- recording outcomes ---------------------------------------------------------------------
+
+    async def record(self, batch: list[Entry], results: list[Result]) -> None:
+        now = time.time()
+        dead: list[tuple] = []
+        new_retries: list[tuple] = []
+        updated_retries: list[tuple] = []
+        finished_retries: list[tuple[int]] = []
+        delivered = skipped = 0
+        retry_due: list[float] = []
+        for entry, res in zip(batch, results):
+            mid = entry.event.get("messageId")
+            attempts = entry.attempts + res.attempts
+            if res.verdict is Verdict.RETRY:
+                first = entry.first_failed or now
+                if now - first >= self.d.retry_window:
+                    res = Result(Verdict.PERMANENT, f"retry window exceeded; last error: {res.reason}",
+                                 res.status, res.response, None, res.attempts)
+                else:
+                    delay = max(res.retry_after or 0.0, backoff(attempts, self.d.backoff_initial, self.d.backoff_max))
+                    due = now + delay
+                    retry_due.append(due)
+                    METRICS.retried.labels(self.name).inc()
+                    self.log.info("event_retry", message_id=mid, attempts=attempts, status=res.status,
+                                  reason=res.reason[:300], retry_in=round(delay, 2))
+                    if entry.retry_id is None:
+                        new_retries.append((self.name, due, attempts, first, res.status, res.reason[:2000],
+                                            entry.source, entry.key_index, orjson.dumps(entry.event)))
+                    else:
+                        updated_retries.append((due, attempts, res.status, res.reason[:2000], entry.retry_id))
+                    continue
+            if entry.retry_id is not None:
+                finished_retries.append((entry.retry_id,))
+            if res.verdict is Verdict.PERMANENT:
+                reason_code = "rejected" if res.status is None else f"http_{res.status}"
+                if res.reason.startswith("retry window exceeded"):
+                    reason_code = "retry_window"
+                METRICS.dead_lettered.labels(self.name, reason_code).inc()
+                self.log.warning("event_dead_lettered", message_id=mid, attempts=attempts, status=res.status,
+                                 reason=res.reason[:300])
+                dead.append((self.name, now, attempts, res.status, res.reason[:2000], res.response,
+                             entry.source, entry.key_index, mid, orjson.dumps(entry.event)))
+            elif res.verdict is None:
+                skipped += 1
+                METRICS.skipped.labels(self.name, "unsupported_by_destination").inc()
+                self.log.info("event_skipped", message_id=mid, reason=res.reason)
+            else:
+                delivered += 1
+                received = entry.event.get("receivedAt")
+                if isinstance(received, str):
+                    with contextlib.suppress(ValueError):
+                        METRICS.delivery_latency.labels(self.name).observe(
+                            max(0.0, now - datetime.fromisoformat(received).timestamp()))
+        if delivered:
+            METRICS.delivered.labels(self.name).inc(delivered)
+            self.log.info("events_delivered", count=delivered, attempts=max(r.attempts for r in results))
+
+        for entry in batch:
+            if entry.log_id is not None:
+                self.pending[entry.log_id] -= 1
+        cursor_moved = self._advance_cursor()
+        name, cursor = self.name, self.cursor
+
+        def op(conn: sqlite3.Connection) -> None:
+            if dead:
+                conn.executemany(
+                    "INSERT INTO dead (dest, at, attempts, status, reason, response, source, key_index, message_id, event)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)", dead)
+            if new_retries:
+                conn.executemany(
+                    "INSERT INTO retry (dest, due, attempts, first_failed, last_status, last_error, source, key_index, event)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)", new_retries)
+            if updated_retries:
+                conn.executemany(
+                    "UPDATE retry SET due = ?, attempts = ?, last_status = ?, last_error = ? WHERE id = ?",
+                    updated_retries)
+            if finished_retries:
+                conn.executemany("DELETE FROM retry WHERE id = ?", finished_retries)
+            if cursor_moved:
+                conn.execute("UPDATE cursors SET pos = ? WHERE dest = ? AND pos < ?", (cursor, name, cursor))
+
+        if dead or new_retries or updated_retries or finished_retries or cursor_moved:
+            await self.spool.submit(op)
+        for entry in batch:
+            if entry.retry_id is not None:
+                self.inflight_retry_ids.discard(entry.retry_id)
+        if retry_due:
+            # failing: stop taking new events until the earliest retry is due
+            self.paused_until = max(self.paused_until, min(retry_due))
+            self.next_retry_check = min(self.next_retry_check, min(retry_due)) if self.next_retry_check > time.time() else min(retry_due)
+        elif any(r.verdict is Verdict.OK for r in results):
+            self.paused_until = 0.0
+        if dead or new_retries or updated_retries or finished_retries:
+            self.new_data.set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def stop(self, grace: float) -> None:
+        self.stopping = True
+        self.new_data.set()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        if self.inflight:
+            done, not_done = await asyncio.wait(set(self.inflight), timeout=grace)
+            for task in not_done:
+                task.cancel()
+            if not_done:
+                await asyncio.wait(not_done, timeout=2)
+                self.log.warning("shutdown_cancelled_inflight", batches=len(not_done))
+
+    def update_gauges(self) -> None:
+        METRICS.backlog.labels(self.name).set(max(0, self.spool.last_log_id - self.read_pos))
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query string (some APIs take credentials there)."""
+    return url.split("?", 1)[0]
+
+
+class DeliveryEngine:
+    def __init__(self, config: Config, spool: Spool) -> None:
+        self.config = config
+        self.spool = spool
+        self.workers = [
+            DestinationWorker(d, d.effective_delivery(config.delivery), spool, self)
+            for d in config.destinations if d.enabled
+        ]
+        self._keys = {s.name: [SecretStr(k) for k in s.write_keys] for s in config.sources}
+        self.session: aiohttp.ClientSession | None = None
+
+    def write_key(self, source: str, key_index: int) -> SecretStr | None:
+        keys = self._keys.get(source)
+        if not keys:
+            return None
+        return keys[key_index] if 0 <= key_index < len(keys) else keys[0]
+
+    def active_destinations(self) -> list[str]:
+        return [w.name for w in self.workers]
+
+    def problems(self) -> list[str]:
+        out = []
+        for w in self.workers:
+            if w.task is None:
+                out.append(f"{w.name}: not started")
+            elif w.task.done():
+                out.append(f"{w.name}: worker stopped")
+        return out
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+            headers={"User-Agent": "trackrelay/0.1"},
+            auto_decompress=True,
+        )
+        for w in self.workers:
+            await w.start()
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(w.stop(grace) for w in self.workers))
+        if self.session is not None:
+            await self.session.close()
+
+    async def transport(self, req: Request, timeout: float) -> Response:
+        if req.url in ("stdout:", "stderr:"):
+            stream = sys.stdout if req.url == "stdout:" else sys.stderr
+            stream.buffer.write(req.body or b"")
+            stream.flush()
+            return Response(200, {}, b"")
+        assert self.session is not None
+        async with self.session.request(
+            req.method, req.url, data=req.body, headers=dict(req.headers),
+            timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
+        ) as resp:
+            body = await resp.content.read(64 * 1024)
+            return Response(resp.status, dict(resp.headers), body)

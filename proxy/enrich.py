@@ -1,0 +1,100 @@
+"""Server-side enrichment, as Segment's Tracking API does it (segment-docs connections/spec/common.md):
+
+- batch-level ``context`` and ``integrations`` merged into each item (the item's own keys win);
+- ``receivedAt``: one server time per request;
+- ``messageId`` when the client sent none;
+- ``originalTimestamp`` kept and ``timestamp = receivedAt - (sentAt - originalTimestamp)``, with an
+  item's own ``sentAt`` winning over the batch's; without sentAt the client timestamp is kept;
+- ``context.ip`` from the peer for browser and direct traffic, never overwriting one the client sent;
+- ``channel`` and ``version`` when absent; the write key is removed (the source name is kept).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+_MOBILE_LIBRARIES = ("analytics-ios", "analytics-android", "analytics-swift", "analytics-kotlin",
+                     "analytics-react-native", "analytics-flutter", "analytics-xamarin")
+
+
+def iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_ts(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def merge_batch_fields(item: dict[str, Any], batch: dict[str, Any]) -> None:
+    for field in ("context", "integrations"):
+        outer = batch.get(field)
+        if isinstance(outer, dict) and outer:
+            inner = item.get(field)
+            item[field] = {**outer, **inner} if isinstance(inner, dict) else dict(outer)
+
+
+def library_name(item: dict[str, Any]) -> str:
+    ctx = item.get("context")
+    lib = ctx.get("library") if isinstance(ctx, dict) else None
+    name = lib.get("name") if isinstance(lib, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def enrich(item: dict[str, Any], received: datetime, received_iso: str, batch_sent_at: Any,
+           client_ip: str | None, short_path: bool) -> dict[str, Any]:
+    item.pop("writeKey", None)
+    item["receivedAt"] = received_iso
+    if not item.get("messageId"):
+        item["messageId"] = f"api-{uuid.uuid4()}"
+
+    original_raw = item.get("timestamp")
+    original = parse_ts(original_raw)
+    if original is None:
+        item.pop("timestamp", None)
+        timestamp = received
+    else:
+        item.setdefault("originalTimestamp", original_raw)
+        sent_raw = item.get("sentAt") or batch_sent_at
+        sent = parse_ts(sent_raw)
+        timestamp = received - (sent - original) if sent is not None else original
+        if sent is not None and "sentAt" not in item and isinstance(sent_raw, str):
+            item["sentAt"] = sent_raw
+    try:
+        item["timestamp"] = iso(timestamp.astimezone(timezone.utc))
+    except (OverflowError, ValueError):  # absurd client clocks: fall back to the server's
+        item["timestamp"] = received_iso
+
+    ctx = item.get("context")
+    if not isinstance(ctx, dict):
+        ctx = item["context"] = {}
+    lib = library_name(item)
+    browser = short_path or lib == "analytics.js"
+    if client_ip and "ip" not in ctx and (browser or ctx.get("direct") is True):
+        ctx["ip"] = client_ip
+    if "channel" not in item:
+        if browser:
+            item["channel"] = "browser"
+        elif lib.startswith(_MOBILE_LIBRARIES):
+            item["channel"] = "mobile"
+        else:
+            item["channel"] = "server"
+    item.setdefault("version", 2)
+    return item
+
+
+def received_now() -> tuple[datetime, str]:
+    now = datetime.now(timezone.utc)
+    return now, iso(now)
+
+
+

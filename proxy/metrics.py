@@ -1,0 +1,33 @@
+"""Counters and gauges for every outcome (Prometheus exposition at GET /metrics).
+
+Reasons are short codes (bounded label values); free-text details go to the log line instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.events_received = Counter("trackrelay_events_received", "Events received, valid or not.", ["source"], registry=r)
+        self.events_stored = Counter("trackrelay_events_stored", "Events committed to the spool.", ["source"], registry=r)
+        self.events_rejected = Counter("trackrelay_events_rejected", "Events refused at ingest.", ["source", "reason"], registry=r)
+        self.requests_rejected = Counter("trackrelay_requests_rejected", "Requests answered with an error.", ["code"], registry=r)
+        self.duplicates = Counter("trackrelay_events_duplicate", "Events dropped as duplicates (source, messageId).", ["source"], registry=r)
+        self.skipped = Counter("trackrelay_events_skipped", "Events a destination did not get.", ["destination", "reason"], registry=r)
+        self.delivered = Counter("trackrelay_events_delivered", "Events delivered.", ["destination"], registry=r)
+        self.retried = Counter("trackrelay_events_retried", "Events rescheduled for a later attempt.", ["destination"], registry=r)
+        self.dead_lettered = Counter("trackrelay_events_dead_lettered", "Events moved to the dead letters.", ["destination", "reason"], registry=r)
+        self.requests_sent = Counter("trackrelay_destination_requests", "HTTP requests to destinations by result.", ["destination", "result"], registry=r)
+        self.delivery_latency = Histogram(
+            "trackrelay_delivery_latency_seconds", "receivedAt to delivery.", ["destination"], registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+        )
+        self.backlog = Gauge("trackrelay_destination_backlog_rows", "Spool log rows not yet read by the destination.", ["destination"], registry=r)
+        self.retry_queue = Gauge("trackrelay_destination_retry_events", "Events waiting for a durable retry.", ["destination"], registry=r)
+        self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r)
+
+
+METRICS = Metrics()

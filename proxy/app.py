@@ -161,7 +161,9 @@ async def maintenance(app: web.Application) -> None:
 
 def create_app(config: Config) -> web.Application:
     limit = config.limits.max_request_bytes
-    app = web.Application(middlewares=make_middlewares(config), client_max_size=limit + limit // 10 + 1024)
+    # Bodies are decompressed by ingest itself, with a cap, so a gzip bomb is refused cheaply.
+    app = web.Application(middlewares=make_middlewares(config), client_max_size=limit + limit // 10 + 1024,
+                          handler_args={"auto_decompress": False})
     app[CONFIG] = config
     spool = Spool(config.storage.path, config.storage.durability, config.storage.dedup_window,
                   config.storage.max_bytes, config.storage.retention)
@@ -174,7 +176,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_route("OPTIONS", "/{tail:.*}", lambda r: preflight(config, r))
 
     async def lifecycle(app: web.Application):
         spool.start()

@@ -40,6 +40,9 @@ class Recorded:
         return orjson.loads(data)
 
 
+FAKE_KEY: web.AppKey = web.AppKey("fake", object)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +60,7 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
         app.middlewares.insert(0, self._record)
-        app["fake"] = self
+        app[FAKE_KEY] = self
 
     @property
     def url(self) -> str:

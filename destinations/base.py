@@ -77,7 +77,14 @@ class Request:
     messages: tuple[int, ...]
 
     def __repr__(self) -> str:  # headers may carry credentials: never print them
-        return f"Request({self.method} {self.url} messages={len(self.messages)} bytes={len(self.body or b'')})"
+        # Some APIs only take credentials in the query string (GA4's api_secret): hide those values.
+        import re
+
+        url = re.sub(
+            r"([?&](?:api_secret|api_key|apikey|key|token|access_token|secret|password|sig|signature)=)[^&#]*",
+            r"\1***", self.url, flags=re.IGNORECASE,
+        )
+        return f"Request({self.method} {url} messages={len(self.messages)} bytes={len(self.body or b'')})"
 
 
 @dataclass(frozen=True, slots=True)

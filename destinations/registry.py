@@ -10,7 +10,13 @@ from destinations.base import Adapter
 # type -> module path. Keep sorted.
 MODULES: dict[str, str] = {
     "console": "destinations.console",
+    "customerio": "destinations.customerio",
+    "ga4": "destinations.ga4",
+    "journy": "destinations.journy",
+    "posthog": "destinations.posthog",
     "segment": "destinations.segment",
+    "userpilot": "destinations.userpilot",
+    "usertour": "destinations.usertour",
     "webhook": "destinations.webhook",
 }
 

@@ -312,3 +312,202 @@ def integration_options(event: Mapping[str, Any], names: tuple[str, ...]) -> dic
         if isinstance(value, Mapping):
             return dict(value)
     return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# ULIDs (dedup keys for APIs that want one), ISO dates as unix seconds, emails
+# ---------------------------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
+
+
+def is_ulid(value: Any) -> bool:
+    """A 26-character Crockford base32 ULID (https://github.com/ulid/spec)."""
+    return isinstance(value, str) and bool(_ULID.match(value))
+
+
+def ulid_for(message_id: str, when_ms: int | None) -> str:
+    """A ULID that stands for ``message_id``: the id itself when it already is a ULID, else one
+    built deterministically from the event time (48-bit ms) and the first 80 bits of the
+    SHA-256 of the messageId, so a resend of the same message yields the same ULID."""
+    import hashlib
+
+    if is_ulid(message_id):
+        return message_id.upper()
+    ms = max(0, min(int(when_ms or 0), (1 << 48) - 1))
+    entropy = int.from_bytes(hashlib.sha256(message_id.encode("utf-8")).digest()[:10], "big")
+    number = (ms << 80) | entropy
+    return "".join(_CROCKFORD[(number >> shift) & 31] for shift in range(125, -1, -5))
+
+
+_ISO_DATE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}((T\d{2}:\d{2}(:\d{2})?)(\.\d{1,9})?(Z|z|[+-]\d{2}:?\d{2})?)?$"
+)
+
+
+def iso_to_unix_seconds(value: Any) -> int | None:
+    """Unix seconds for an ISO 8601 date or date-time string (``2026-01-02`` or
+    ``2026-01-02T03:04:05.123Z``); None for anything else (numbers, free text)."""
+    if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
+        return None
+    text = value.strip()
+    if len(text) == 10:
+        text += "T00:00:00+00:00"
+    elif re.search(r"[+-]\d{4}$", text):
+        text = text[:-2] + ":" + text[-2:]
+    if "." in text:  # Python < 3.11 forms aside, fromisoformat wants at most 6 fraction digits
+        head, _, tail = text.partition(".")
+        digits = re.match(r"\d+", tail)
+        frac = digits.group(0) if digits else ""
+        text = head + "." + frac[:6].ljust(6, "0") + tail[len(frac):]
+    parsed = parse_time(text)
+    return None if parsed is None else int(parsed.timestamp())
+
+
+def dates_to_unix_seconds(obj: Any) -> Any:
+    """A copy of a JSON value with every ISO 8601 date string (at any depth) replaced by unix
+    seconds: what APIs that only understand epoch dates (Customer.io) need for date attributes."""
+    if isinstance(obj, Mapping):
+        return {k: dates_to_unix_seconds(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [dates_to_unix_seconds(v) for v in obj]
+    seconds = iso_to_unix_seconds(obj)
+    return obj if seconds is None else seconds
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def is_email(value: Any) -> bool:
+    return isinstance(value, str) and bool(_EMAIL.match(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat scalar properties, identifier-safe keys, domains (APIs with strict attribute rules)
+# ---------------------------------------------------------------------------------------------
+
+_SCALAR_TYPES = (str, bool, int, float)
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, _SCALAR_TYPES)
+
+
+def scalar_leaves(
+    obj: Mapping[str, Any] | None, sep: str = ".", *, lists: str = "keep", drop_none: bool = False
+) -> dict[str, Any]:
+    """Properties/traits as one flat mapping of scalar values, for APIs that take no nested
+    objects. Nested mappings become ``sep``-joined keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``);
+    empty mappings and non-finite numbers are dropped; ``None`` is kept unless ``drop_none``.
+    Lists, by ``lists``: ``"keep"`` keeps a list whose items are all scalars, ``"strings"`` keeps
+    it with every item as a non-empty string, ``"json"`` never keeps one; a list that is not
+    kept becomes its JSON text. Other values (e.g. objects inside lists) become JSON text."""
+    import orjson
+
+    out: dict[str, Any] = {}
+    for key, value in flatten(obj or {}, sep):
+        if isinstance(value, Mapping):
+            continue  # an empty mapping: nothing to set
+        if value is None:
+            if not drop_none:
+                out[key] = None
+        elif _is_scalar(value):
+            out[key] = value
+        elif isinstance(value, float):
+            continue  # NaN / infinity: no JSON form
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+            if lists != "json" and all(_is_scalar(v) for v in items):
+                if lists == "strings":
+                    strings = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in items]
+                    if all(strings):
+                        out[key] = strings
+                        continue
+                else:
+                    out[key] = items
+                    continue
+            out[key] = orjson.dumps(items, default=str).decode()
+        else:
+            out[key] = orjson.dumps(value, default=str).decode()
+    return out
+
+
+_NOT_IDENT = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def identifier_key(key: Any, *, prefix: str = "x", min_length: int = 2, max_length: int = 100) -> str | None:
+    """``key`` made valid for APIs whose keys must match ``^[A-Za-z][A-Za-z0-9_]*$`` with a
+    length range: every run of other characters becomes ``_``, leading/trailing ``_`` go, a key
+    that does not start with a letter gets ``prefix + "_"`` in front, a key shorter than
+    ``min_length`` is padded with ``_``. Valid keys come back unchanged. None when nothing is
+    left (empty key) or the result is longer than ``max_length``."""
+    text = _NOT_IDENT.sub("_", str(key)).strip("_")
+    if not text:
+        return None
+    if not text[0].isascii() or not text[0].isalpha():
+        text = f"{prefix}_{text}"
+    if len(text) < min_length:
+        text = text.ljust(min_length, "_")
+    return text if len(text) <= max_length else None
+
+
+_HOST = re.compile(r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def domain_of(value: Any) -> str | None:
+    """The host name of a website/domain trait (``https://www.acme.com/x`` -> ``www.acme.com``,
+    ``acme.com`` -> ``acme.com``), lower-cased; None when it is not a plausible domain name."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().lower()
+    if "://" not in text:
+        text = "//" + text
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        return None
+    return host if host and _HOST.match(host) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Event ids as UUIDs, page fields
+# ---------------------------------------------------------------------------------------------
+
+_MESSAGE_UUID_NAMESPACE = "6f1d3c3e-9a57-4c53-9f0e-7472616b7265"  # fixed: derived ids must never change
+
+
+def message_uuid(message_id: Any) -> str | None:
+    """A UUID that stands for a messageId, for APIs whose dedup key must be a UUID (PostHog
+    ``uuid``): the messageId itself (lower-cased) when it already is one, else a UUIDv5 derived
+    from it, so every resend of the same message carries the same UUID. None without an id."""
+    import uuid
+
+    if not isinstance(message_id, str) or not message_id:
+        return None
+    if is_uuid(message_id):
+        return message_id.lower()
+    return str(uuid.uuid5(uuid.UUID(_MESSAGE_UUID_NAMESPACE), message_id))
+
+
+PAGE_FIELDS: tuple[str, ...] = ("url", "path", "referrer", "search", "title")
+
+
+def page_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """url, path, referrer, search and title of the page an event happened on: a page call's
+    own properties first, then context.page (analytics.js sets both); empty values dropped."""
+    page = context(event).get("page")
+    page = page if isinstance(page, Mapping) else {}
+    props = properties_of(event) if event.get("type") == "page" else {}
+    out: dict[str, Any] = {}
+    for key in PAGE_FIELDS:
+        for source in (props, page):
+            value = source.get(key)
+            if value not in (None, ""):
+                out[key] = value
+                break
+    return out

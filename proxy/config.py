@@ -195,7 +195,7 @@ class FilterConfig(_Model):
 
 class SourceConfig(_Model):
     name: str = Field(min_length=1, description="Source name (kept on stored events instead of the write key).")
-    write_keys: list[str] = Field(min_length=1, description="Write keys that authenticate this source.")
+    write_keys: list[str] = Field(min_length=1, repr=False, description="Write keys that authenticate this source.")
 
     @field_validator("write_keys")
     @classmethod
@@ -205,8 +205,6 @@ class SourceConfig(_Model):
                 raise ValueError("a write key is empty (is its ${VAR} unset?)")
         return v
 
-    def __repr__(self) -> str:
-        return f"SourceConfig(name={self.name!r}, write_keys=[{len(self.write_keys)} hidden])"
 
 
 class DestinationConfig(_Model):
@@ -214,7 +212,8 @@ class DestinationConfig(_Model):
     type: str = Field(description="Adapter type.")
     enabled: bool = Field(True, description="Disabled destinations get nothing.")
     sources: list[str] | None = Field(None, description="Only events from these sources (default: all).")
-    settings: dict[str, Any] = Field(default_factory=dict, description="The adapter's settings.")
+    # repr=False: the raw dict holds secrets; the parsed settings mask them (SecretStr)
+    settings: dict[str, Any] = Field(default_factory=dict, repr=False, description="The adapter's settings.")
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Per-destination overrides.")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Which events it gets.")
 

@@ -1,0 +1,114 @@
+"""Config loading: interpolation, validation with file/line/path, `trackrelay check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_duration, parse_size
+from tests.helpers import ROOT
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_defaults_and_interpolation(tmp_path):
+    path = write(tmp_path, """
+        sources:
+          - {name: web, write_keys: ["${WK}", "${WK2:-fallback}"]}
+        destinations:
+          - name: h
+            type: webhook
+            settings: {url: "${HOOK_URL:-http://127.0.0.1:9/x}", shared_secret: "${SECRET}"}
+            delivery: {retry_window: forever, flush_interval: 50ms, max_batch_bytes: 1MiB}
+    """)
+    cfg = load_config(path, env={"WK": "k1", "SECRET": "s3"})
+    assert cfg.sources[0].write_keys == ["k1", "fallback"]
+    assert cfg.server.port == 8088 and cfg.storage.durability == "full"
+    assert cfg.storage.max_bytes == 10 * 1024**3
+    d = cfg.destinations[0]
+    assert d.parsed_settings.shared_secret.get_secret_value() == "s3"
+    eff = d.effective_delivery(cfg.delivery)
+    assert eff.retry_window == float("inf") and eff.flush_interval == 0.05
+    assert eff.max_batch_bytes == 1024 * 1024 and eff.retry_window > 0
+    assert "s3" not in repr(cfg) and "k1" not in repr(cfg.sources[0])
+
+
+def test_every_problem_is_listed_with_line_and_path(tmp_path):
+    path = write(tmp_path, """
+        server: {port: 99999}
+        sources:
+          - {name: web, write_keys: ["${MISSING}"]}
+        destinations:
+          - name: a
+            type: webhook
+            settings: {url: "not a url", bogus: 1}
+          - name: a
+            type: nope
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    text = str(err.value)
+    lines = text.splitlines()
+    assert any("c.yaml:2: server.port" in l for l in lines), text
+    assert any("c.yaml:4: sources.0.write_keys.0" in l and "MISSING" in l for l in lines), text
+    assert any(":8: destinations.0.settings.url" in l for l in lines), text
+    assert any(":8: destinations.0.settings.bogus" in l for l in lines), text
+    assert any(":10: destinations.1.type" in l and "unknown destination type" in l for l in lines), text
+
+
+def test_cross_checks(tmp_path):
+    path = write(tmp_path, """
+        sources:
+          - {name: web, write_keys: [a]}
+          - {name: web, write_keys: [a]}
+        destinations:
+          - {name: h, type: console, sources: [ios]}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert "unique" in str(err.value)
+
+
+def test_invalid_yaml_reports_the_line(tmp_path):
+    path = write(tmp_path, "sources:\n  - {name: web\n  bad: [\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "invalid YAML" in str(err.value) and "c.yaml:" in str(err.value)
+
+
+def test_secret_values_never_in_errors(tmp_path):
+    path = write(tmp_path, """
+        sources: [{name: web, write_keys: [k]}]
+        destinations:
+          - {name: s, type: segment, settings: {write_key: "SUPERSECRET", region: mars}}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "SUPERSECRET" not in str(err.value) and "region" in str(err.value)
+
+
+@pytest.mark.parametrize("value,expected", [("500KB", 500_000), ("10GiB", 10 * 1024**3), (32768, 32768), ("1mb", 10**6)])
+def test_sizes(value, expected):
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value,expected", [("250ms", 0.25), ("4h", 14400), (3, 3.0), ("1.5s", 1.5), ("2d", 172800)])
+def test_durations(value, expected):
+    assert parse_duration(value) == expected
+
+
+def test_check_command(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(ROOT / "config/trackrelay.yaml")],
+                        capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = write(tmp_path, "sources: []\n")
+    out = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "sources" in out.stderr

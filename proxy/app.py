@@ -145,7 +145,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    METRICS.spool_bytes.set(request.app[SPOOL].size_bytes)
+    spool, engine = request.app[SPOOL], request.app[ENGINE]
+    METRICS.spool_bytes.set(spool.size_bytes)
+    retries = dict(await spool.read(lambda conn: conn.execute(
+        "SELECT dest, COUNT(*) FROM retry GROUP BY dest").fetchall()))
+    for worker in engine.workers:
+        worker.update_gauges()
+        METRICS.retry_queue.labels(worker.name).set(retries.get(worker.name, 0))
     return web.Response(body=generate_latest(METRICS.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

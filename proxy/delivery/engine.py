@@ -102,6 +102,7 @@ class DestinationWorker:
         self.spool = spool
         self.engine = engine
         self.new_data = spool.subscribe()
+        self.wake = asyncio.Event()
         self.cursor = 0
         self.read_pos = 0
         self.pending: OrderedDict[int, int] = OrderedDict()  # log row id -> events not yet resolved
@@ -154,7 +155,7 @@ class DestinationWorker:
             if retries:
                 return retries
         if now < self.paused_until:
-            await self._wait(min(self.paused_until, self.next_retry_check) - now)
+            await self._sleep(min(self.paused_until, self.next_retry_check) - now)
             return None
         if len(self.buffer) < self.d.max_batch_events:
             await self._fill()
@@ -188,11 +189,22 @@ class DestinationWorker:
         return batch
 
     async def _wait(self, seconds: float) -> None:
+        """Wait for new events in the log (or a state change), at most ``seconds``."""
         if seconds <= 0 or self.stopping:
             return
         self.new_data.clear()
+        if self.spool.last_log_id > self.read_pos:  # committed before we cleared: no lost wake-up
+            return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.new_data.wait(), seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait while paused: only a state change (an outcome recorded, stop) wakes us early."""
+        if seconds <= 0 or self.stopping:
+            return
+        self.wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
 
     async def _fill(self) -> None:
         if self.read_pos >= self.spool.last_log_id:
@@ -230,8 +242,9 @@ class DestinationWorker:
                 break
         if not entries:
             nxt = await self.spool.read(lambda conn: Spool.next_retry_due(conn, self.name))
-            # poll at least every second: `trackrelay dead-letters replay` adds rows from outside
-            self.next_retry_check = min(nxt, now + 1.0) if nxt is not None else now + 1.0
+            # poll at least every second (`trackrelay dead-letters replay` adds rows from outside);
+            # a due row that is in flight right now must not make us poll in a tight loop
+            self.next_retry_check = now + 1.0 if nxt is None else min(max(nxt, now + 0.05), now + 1.0)
         return entries
 
     def _advance_cursor(self) -> bool:
@@ -434,14 +447,14 @@ class DestinationWorker:
             self.next_retry_check = min(self.next_retry_check, min(retry_due)) if self.next_retry_check > time.time() else min(retry_due)
         elif any(r.verdict is Verdict.OK for r in results):
             self.paused_until = 0.0
-        if dead or new_retries or updated_retries or finished_retries:
-            self.new_data.set()
+        self.wake.set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def stop(self, grace: float) -> None:
         self.stopping = True
         self.new_data.set()
+        self.wake.set()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

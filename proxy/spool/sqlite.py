@@ -300,6 +300,8 @@ class Spool:
             lambda conn: self._append(conn, source, key_index, received_at, items)
         )
         if result.stored:
+            # only now, after the commit, may readers look for it
+            self.last_log_id = max(self.last_log_id, result.log_id or 0)
             self._notify()
         return result
 
@@ -329,7 +331,6 @@ class Spool:
             "INSERT INTO log (received_at, source, key_index, count, payload) VALUES (?,?,?,?,?)",
             (received_at, source, key_index, len(keep), payload),
         )
-        self.last_log_id = cur.lastrowid
         return IngestResult(len(keep), len(items) - len(keep), cur.lastrowid)
 
     def _maybe_rotate(self, conn: sqlite3.Connection, now: float) -> None:

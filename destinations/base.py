@@ -228,6 +228,9 @@ class Adapter:
     description: str = ""
     # Vendor rate limit the engine enforces for this destination (requests per second), if any.
     max_requests_per_second: float | None = None
+    # False for hops that forward to Segment itself: a payload's `All: false` selects Segment's
+    # downstream destinations, it does not stop the event reaching Segment (as in analytics.js).
+    honours_all: bool = True
 
     def validate_settings(self, raw: Mapping[str, Any]) -> DestinationSettings:
         data = dict(raw)

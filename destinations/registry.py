@@ -9,10 +9,12 @@ from destinations.base import Adapter
 
 # type -> module path. Keep sorted.
 MODULES: dict[str, str] = {
+    "amplitude": "destinations.amplitude",
     "console": "destinations.console",
     "customerio": "destinations.customerio",
     "ga4": "destinations.ga4",
     "journy": "destinations.journy",
+    "mixpanel": "destinations.mixpanel",
     "posthog": "destinations.posthog",
     "segment": "destinations.segment",
     "userpilot": "destinations.userpilot",

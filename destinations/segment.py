@@ -10,6 +10,10 @@ Segment-compatible collector (another trackrelay included).
 Limits (Segment's): 32 KB per event (larger events are dead-lettered, not sent to fail), 500 KB
 and 2,500 events per request.
 
+Routing: like analytics.js's own Segment.io hop, ``integrations.All: false`` does not stop an event
+from reaching Segment (it selects Segment's downstream destinations); only an explicit
+``"Segment": false`` (or the destination's own name) does.
+
 Mapping: every call type is forwarded unchanged with its messageId, timestamp, originalTimestamp,
 sentAt and context (Segment dedups on messageId). ``receivedAt`` is dropped: the collector sets its
 own. Responses: shared default classification.
@@ -105,4 +109,5 @@ ADAPTER = Adapter(
     integration_names=("Segment", "Segment.io (forward)"),
     limits=BatchLimits(max_events=MAX_EVENTS, max_bytes=MAX_REQUEST_BYTES),
     description="Forward events to Segment's Tracking API or any Segment-compatible collector.",
+    honours_all=False,
 )

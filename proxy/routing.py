@@ -30,6 +30,7 @@ class Route:
     types: frozenset[str] | None
     events: frozenset[str] | None
     exclude_events: frozenset[str]
+    honours_all: bool
 
 
 class Router:
@@ -42,6 +43,7 @@ class Router:
                 types=frozenset(d.filters.types) if d.filters.types is not None else None,
                 events=frozenset(d.filters.events) if d.filters.events is not None else None,
                 exclude_events=frozenset(d.filters.exclude_events),
+                honours_all=d.adapter.honours_all,
             )
             for d in destinations
             if d.enabled
@@ -66,7 +68,7 @@ class Router:
             if r.sources is not None and source not in r.sources:
                 skipped[r.name] = SKIP_SOURCE
                 continue
-            enabled = default
+            enabled = default if r.honours_all else True
             for key in r.keys:
                 value = integrations.get(key)
                 if value is not None:  # `integrations[key] ?? integrations.All`, as analytics-core

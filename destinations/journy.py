@@ -67,6 +67,7 @@ from destinations.semantic import (
     is_email,
     iso_utc,
     normalized_traits,
+    page_properties,
     properties_of,
     scalar_leaves,
     traits_of,
@@ -178,15 +179,6 @@ def _event(
     return [_post(settings, "/track", body, index)]
 
 
-def _page_properties(event: Mapping[str, Any]) -> dict[str, Any]:
-    props = properties_of(event)
-    for key in ("name", "category"):
-        value = event.get(key)
-        if value not in (None, "") and key not in props:
-            props[key] = value
-    return props
-
-
 SKIP_ALIAS = "journy.io has no API to merge users"
 SKIP_PAGE = "page/screen calls are not sent to journy.io unless page_events: true"
 
@@ -207,7 +199,7 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                 if not settings.page_events:
                     raise _Skip(SKIP_PAGE)
                 name = "Page Viewed" if kind == "page" else "Screen Viewed"
-                requests = _event(event, index, settings, name, _page_properties(event))
+                requests = _event(event, index, settings, name, page_properties(event))
             elif kind == "alias":
                 raise _Skip(SKIP_ALIAS)
             else:

@@ -511,3 +511,14 @@ def page_fields(event: Mapping[str, Any]) -> dict[str, Any]:
                 out[key] = value
                 break
     return out
+
+
+def page_properties(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A page/screen call's properties with its top-level ``name`` and ``category`` added (when
+    the properties do not carry them already)."""
+    props = properties_of(event)
+    for key in ("name", "category"):
+        value = event.get(key)
+        if value not in (None, "") and key not in props:
+            props[key] = value
+    return props

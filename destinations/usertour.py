@@ -92,6 +92,7 @@ from destinations.semantic import (
     integration_options,
     iso_utc,
     normalized_traits,
+    page_properties,
     properties_of,
     scalar_leaves,
     traits_of,
@@ -251,15 +252,6 @@ def _event_request(
     return Request("POST", settings.scope_url + "/events", _headers(settings), json_body(body), (index,))
 
 
-def _page_properties(event: Mapping[str, Any]) -> dict[str, Any]:
-    props = properties_of(event)
-    for key in ("name", "category"):
-        value = event.get(key)
-        if value not in (None, "") and key not in props:
-            props[key] = value
-    return props
-
-
 SKIP_ALIAS = "Usertour has no API to merge or re-key users"
 SKIP_PAGE = "Usertour has no page-view API (set page_events: true to send page/screen calls as events)"
 SKIP_ANONYMOUS = "no userId: Usertour records users and events by your user id only"
@@ -288,7 +280,7 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                 requests = [_event_request(event, index, settings, event.get("event"), properties_of(event))]
             else:
                 name = "page_viewed" if kind == "page" else "screen_viewed"
-                requests = [_event_request(event, index, settings, name, _page_properties(event))]
+                requests = [_event_request(event, index, settings, name, page_properties(event))]
             for request in requests:
                 size = len(request.body or b"")
                 if size > MAX_BODY_BYTES:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time

@@ -8,7 +8,6 @@ import sys
 import time
 
 import orjson
-import pytest
 
 from tests.fakes.base import FakeServer
 from tests.fakes.recorder import Recorder

@@ -27,7 +27,7 @@ import sys
 import time
 from datetime import datetime
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp

@@ -22,7 +22,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 venv install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
-	cd tests/sdk && npm install --no-audit --no-fund --loglevel=error
+	cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error
 
 run: $(VENV)/.installed
 	mkdir -p data

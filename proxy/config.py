@@ -93,7 +93,7 @@ class StorageConfig(_Model):
     )
     dedup_window: float = Field(86400.0, description="Window for (source, messageId) deduplication.")
     retention: float = Field(
-        3600.0, description="How long delivered events stay in the spool (for inspection) while under max_bytes."
+        600.0, description="How long delivered events stay in the spool (for inspection); purged early near max_bytes."
     )
 
     @field_validator("max_bytes", mode="before")

@@ -51,7 +51,8 @@ class TrackRelay:
         self.data_dir = self.tmp_path / "data"
         config: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": self.port, **(server or {})},
-            "storage": {"path": str(self.data_dir), **(storage or {})},
+            # events stay inspectable in the spool for the whole test, delivered or not
+            "storage": {"path": str(self.data_dir), "retention": "1h", **(storage or {})},
             "sources": sources if sources is not None else [{"name": "web", "write_keys": [WRITE_KEY]}],
             "destinations": destinations or [],
         }

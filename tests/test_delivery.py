@@ -224,3 +224,23 @@ def test_sigterm_finishes_in_flight_and_keeps_the_rest(tmp_path):
             wait(lambda: set(rec.delivered_ids()) == {e["messageId"] for e in sent}, timeout=30, what="rest delivered")
         finally:
             tr.kill()
+
+
+def test_delivered_events_leave_the_spool_and_undelivered_ones_stay(tmp_path):
+    rec = Recorder()
+    with FakeServer(rec.app()) as fake, TrackRelay(
+        tmp_path, storage={"retention": "0s"},
+        destinations=[hook("up", fake.url), hook("down", "http://127.0.0.1:9", backoff_initial=600)],
+    ) as tr:
+        send(tr, events(20, "gc-both"))
+        send(tr, [{**e, "integrations": {"down": False}} for e in events(20, "gc-up-only")])
+        wait(lambda: len(rec.delivered_ids()) == 40, what="delivery to the healthy destination")
+        # rows still owed to the dead destination stay; the maintenance loop runs every 2 s
+        time.sleep(4.5)
+        left = {e["messageId"] for e in tr.spool_events()}
+        assert {f"gc-both-{i}" for i in range(20)} <= left
+    with FakeServer(rec.app()) as fake, TrackRelay(
+        (tmp_path / "b").mkdir() or tmp_path / "b", storage={"retention": "0s"},
+        destinations=[hook("up", fake.url)]) as tr:
+        send(tr, events(20, "gc-only"))
+        wait(lambda: tr.spool_events() == [], timeout=15, what="delivered events purged")

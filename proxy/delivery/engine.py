@@ -209,7 +209,9 @@ class DestinationWorker:
     async def _fill(self) -> None:
         if self.read_pos >= self.spool.last_log_id:
             return
-        rows = await self.spool.read(lambda conn: Spool.fetch_log(conn, self.read_pos, 64))
+        # enough rows to fill a batch when requests carry one event each, few when they carry many
+        want = max(16, min(512, self.d.max_batch_events - len(self.buffer)))
+        rows = await self.spool.read(lambda conn: Spool.fetch_log(conn, self.read_pos, want))
         advanced = False
         for row in rows:
             mine = [rec for rec in row.records if self.name in rec.get("d", ())]

@@ -96,6 +96,11 @@ class FakeServer:
         self._loop.run_until_complete(site.start())
         self._ready.set()
         self._loop.run_forever()
+        # handlers still waiting (a black-holed request) are cancelled, not left pending
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
 

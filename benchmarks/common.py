@@ -1,0 +1,672 @@
+"""Shared pieces of the benchmarks: the sample event, process handling, /proc readings, the wrk Lua
+script, and small helper servers / load generators that run as separate processes.
+
+Run as a program it starts one of those helpers (each in its own process, so it never shares a
+core's GIL with the benchmark driver or with trackrelay):
+
+    python benchmarks/common.py bare --port P           # aiohttp that reads the body, answers 200
+    python benchmarks/common.py receiver --port P       # batching webhook receiver (counts events)
+    python benchmarks/common.py load ...                # closed-loop Segment load (wrk fallback, fills)
+    python benchmarks/common.py paced ...               # open-loop single events at a fixed rate
+    python benchmarks/common.py post-bodies ...         # post pre-built JSON arrays (drain baseline)
+
+Everything listens on and connects to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+WRITE_KEY = "bench-write-key"
+MID = "__MID__"  # placeholder for the messageId in the event template
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample event: a ~1.1 KB Segment track call as analytics-node / analytics.js would send it
+# ---------------------------------------------------------------------------------------------
+
+def track_event(message_id: str = MID) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": "user-5b1d6c2e-3f0a-4d6b-9a7e-2c41f7d0a913",
+        "anonymousId": "a3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+        "messageId": message_id,
+        "timestamp": "2026-11-22T21:00:00.000Z",
+        "properties": {
+            "order_id": "50314b8e9bcf000000000000",
+            "affiliation": "Google Store",
+            "total": 27.5, "subtotal": 22.5, "revenue": 25.0, "shipping": 3.0, "tax": 2.0,
+            "discount": 2.5, "coupon": "hasbros", "currency": "USD",
+            "products": [
+                {"product_id": "507f1f77bcf86cd799439011", "sku": "45790-32", "name": "Monopoly: 3rd Edition",
+                 "price": 19, "quantity": 1, "category": "Games"},
+                {"product_id": "505bd76785ebb509fc183733", "sku": "46493-32", "name": "Uno Card Game",
+                 "price": 3, "quantity": 2, "category": "Games"},
+            ],
+        },
+        "context": {
+            "library": {"name": "analytics.js", "version": "next-1.70.0"},
+            "page": {"path": "/checkout/complete", "referrer": "https://www.example.com/cart",
+                     "search": "?step=3", "title": "Thank you for your order",
+                     "url": "https://www.example.com/checkout/complete?step=3"},
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                         "Chrome/131.0.0.0 Safari/537.36",
+            "locale": "en-US",
+        },
+        "integrations": {},
+    }
+
+
+def compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def event_template() -> tuple[str, str]:
+    """(prefix, suffix) of the compact event JSON around the messageId value."""
+    text = compact(track_event())
+    prefix, suffix = text.split(MID)
+    return prefix, suffix
+
+
+def single_body(message_id: str) -> bytes:
+    """A /v1/track body (write key in the JSON body) for one event."""
+    prefix, suffix = event_template()
+    return ('{"writeKey":"%s",' % WRITE_KEY + prefix[1:] + message_id + suffix).encode()
+
+
+def batch_prefix_suffix() -> tuple[str, str]:
+    return '{"writeKey":"%s","sentAt":"2026-11-22T21:00:00.100Z","batch":[' % WRITE_KEY, "]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    """Child processes, each in its own session/process group; ``close`` kills every group."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], log_path: Path | None = None, **kw: Any) -> subprocess.Popen:
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if log_path else None,
+                                    start_new_session=True, **kw)
+        finally:
+            if log_path:
+                out.close()
+        proc.spawned_at = time.time()  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # anything else left in the group (there should be nothing)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc, signal.SIGTERM, 10.0)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (peak RSS) of a process, in bytes."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process, all threads."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def system_busy() -> float:
+    """CPU seconds spent not idle by the whole machine so far (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return (sum(parts[:8]) - idle) / _TICK
+
+
+def children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+class CpuMeter:
+    """Cores used during an interval: by the server process, by load generators we waited for
+    (reaped children), and by everything else on the machine (other people's jobs, kernel)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> "CpuMeter":
+        self.t0, self.s0, self.b0, self.c0 = time.monotonic(), proc_cpu(self.pid), system_busy(), children_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self.t0
+        self.server = (proc_cpu(self.pid) - self.s0) / wall
+        self.loadgen = (children_cpu() - self.c0) / wall
+        self.busy = (system_busy() - self.b0) / wall
+        self.other = max(0.0, self.busy - self.server - self.loadgen)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> float:
+    """Poll ``url`` until it answers 200; returns the time it first did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(OSError):
+            status, _ = http_get(url, 1.0)
+            if status == 200:
+                return time.time()
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def write_config(path: Path, port: int, data_dir: Path, destinations: list[dict[str, Any]],
+                 server: dict[str, Any] | None = None, storage: dict[str, Any] | None = None) -> Path:
+    import yaml
+
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, **(server or {})},
+        "storage": {"path": str(data_dir), "durability": "full", **(storage or {})},
+        "sources": [{"name": "bench", "write_keys": [WRITE_KEY]}],
+        "destinations": destinations,
+        "logging": {"level": "info", "format": "json"},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_trackrelay(procs: Procs, workdir: Path, name: str, data_dir: Path,
+                     destinations: list[dict[str, Any]], server: dict[str, Any] | None = None,
+                     storage: dict[str, Any] | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cfg = write_config(workdir / f"{name}.yaml", port, data_dir, destinations, server, storage)
+    proc = procs.start([PYTHON, "-m", "proxy", "serve", "--config", str(cfg)], log_path=workdir / f"{name}.log",
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/readyz", proc)
+    return proc, url
+
+
+def start_helper(procs: Procs, workdir: Path, kind: str, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = procs.start([PYTHON, str(Path(__file__).resolve()), kind, "--port", str(port), *args],
+                       log_path=workdir / f"{kind}-{port}.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/__ready", proc)
+    return proc, url
+
+
+def spool_counts(data_dir: Path) -> dict[str, Any]:
+    """Stored events (sum of log.count), retry and dead-letter rows, cursors — read-only."""
+    db = data_dir / "spool.db"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        conn.execute("PRAGMA busy_timeout=10000")
+        events = conn.execute("SELECT COALESCE(SUM(count), 0), COUNT(*) FROM log").fetchone()
+        retry = conn.execute("SELECT COUNT(*) FROM retry").fetchone()[0]
+        dead = conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
+        cursors = dict(conn.execute("SELECT dest, pos FROM cursors").fetchall())
+        return {"events": events[0], "rows": events[1], "retry": retry, "dead": dead, "cursors": cursors}
+    finally:
+        conn.close()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def code_version() -> str:
+    """The git commit measured, and whether proxy/ or destinations/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "proxy", "destinations/webhook.py",
+                                "destinations/base.py"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"git {head or '?'}" + (" + uncommitted changes in proxy/ or destinations/" if dirty else "")
+
+
+def machine() -> str:
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    return f"{os.cpu_count()} cores, load average {load}"
+
+
+def have_wrk() -> str | None:
+    return shutil.which("wrk")
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+# ---------------------------------------------------------------------------------------------
+
+def _lua_str(s: str) -> str:
+    assert "]==]" not in s
+    return "[==[" + s + "]==]"
+
+
+def wrk_script(path: Path, *, events_per_request: int, run_id: str, count_responses: bool) -> Path:
+    """A wrk Lua script POSTing Segment events with a unique messageId per event:
+    ``<run_id>-<thread>-<counter>[-<i>]``. Single events go to /v1/track, batches to /v1/batch.
+    With ``count_responses`` each thread counts its 200s (exact, for the spool check); that costs
+    a Lua callback per response, so it is used for batches only."""
+    prefix, suffix = event_template()
+    bprefix, bsuffix = batch_prefix_suffix()
+    single_prefix = '{"writeKey":"%s",' % WRITE_KEY + prefix[1:]
+    lua = f"""
+local prefix = {_lua_str(prefix)}
+local suffix = {_lua_str(suffix)}
+local single_prefix = {_lua_str(single_prefix)}
+local bprefix = {_lua_str(bprefix)}
+local bsuffix = {_lua_str(bsuffix)}
+local per = {events_per_request}
+local run = "{run_id}"
+local path = per == 1 and "/v1/track" or "/v1/batch"
+local headers = {{["Content-Type"] = "application/json"}}
+local threads = {{}}
+counter = 0
+ok = 0
+other = 0
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function request()
+  counter = counter + 1
+  local base = run .. "-" .. tid .. "-" .. counter
+  local body
+  if per == 1 then
+    body = single_prefix .. base .. suffix
+  else
+    local parts = {{}}
+    for i = 1, per do parts[i] = prefix .. base .. "-" .. i .. suffix end
+    body = bprefix .. table.concat(parts, ",") .. bsuffix
+  end
+  return wrk.format("POST", path, headers, body)
+end
+"""
+    if count_responses:
+        lua += """
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 else other = other + 1 end
+end
+"""
+    lua += """
+function done(summary, latency, requests)
+  local okc, oth = 0, 0
+  for _, t in ipairs(threads) do okc = okc + (t:get("ok") or 0); oth = oth + (t:get("other") or 0) end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,"status":%d,' ..
+    '"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f,"ok":%d,"other":%d}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean, okc, oth))
+end
+"""
+    path.write_text(lua)
+    return path
+
+
+def run_wrk(url: str, script: Path, *, threads: int = 2, connections: int = 64, duration: float = 10.0,
+            timeout: float = 10.0) -> dict[str, Any]:
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", f"--timeout={int(timeout)}s",
+            "--latency", "-s", str(script), url]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=duration + timeout + 30)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            result = json.loads(line[len("WRKJSON "):])
+            result["raw"] = out.stdout
+            return result
+    raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helper programs (run in their own process)
+# ---------------------------------------------------------------------------------------------
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+
+
+def _ready_route(app: Any) -> None:
+    from aiohttp import web
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/__ready", ready)
+
+
+def serve_bare(port: int) -> None:
+    """The baseline: the same aiohttp (and uvloop, as trackrelay) reading the body and answering 200
+    with trackrelay's success body, without parsing anything."""
+    _install_uvloop()
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b'{"success":true}', content_type="application/json")
+
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    _ready_route(app)
+    app.router.add_post("/v1/{call}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_receiver(port: int) -> None:
+    """A fast batching webhook receiver: parses each body (a JSON array, or one object), counts events
+    and distinct messageIds, and records the arrival time of each messageId (time.time() when the
+    body was read). GET /stats, GET /arrivals, POST /reset."""
+    _install_uvloop()
+    import orjson
+    from aiohttp import web
+
+    state: dict[str, Any] = {}
+
+    def reset() -> None:
+        state.update(events=0, requests=0, first=None, last=None, arrivals={})
+
+    reset()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        data = orjson.loads(body)
+        events = data if isinstance(data, list) else [data]
+        arrivals = state["arrivals"]
+        for ev in events:
+            arrivals.setdefault(ev.get("messageId"), now)
+        state["events"] += len(events)
+        state["requests"] += 1
+        if state["first"] is None:
+            state["first"] = now
+        state["last"] = now
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({
+            "events": state["events"], "requests": state["requests"], "unique": len(state["arrivals"]),
+            "first": state["first"], "last": state["last"],
+        }), content_type="application/json")
+
+    async def arrivals(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(state["arrivals"]), content_type="application/json")
+
+    async def do_reset(request: web.Request) -> web.Response:
+        reset()
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=50 * 1024 * 1024)
+    _ready_route(app)
+    app.router.add_route("*", "/hook", hook)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/arrivals", arrivals)
+    app.router.add_post("/reset", do_reset)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def _load(url: str, per: int, run_id: str, connections: int, duration: float | None,
+                total_requests: int | None, out: Path) -> None:
+    """Closed-loop load like wrk's: ``connections`` workers each POST, wait for the answer, repeat,
+    until ``duration`` elapses or ``total_requests`` were sent. Writes wrk-like JSON to ``out``."""
+    import aiohttp
+
+    prefix, suffix = event_template()
+    bprefix, bsuffix = batch_prefix_suffix()
+    single_prefix = '{"writeKey":"%s",' % WRITE_KEY + prefix[1:]
+    path = "/v1/track" if per == 1 else "/v1/batch"
+    lat: list[float] = []
+    ok = other = errors = 0
+    counter = 0
+    start = time.monotonic()
+    deadline = start + duration if duration else None
+
+    def body() -> bytes | None:
+        nonlocal counter
+        if total_requests is not None and counter >= total_requests:
+            return None
+        counter += 1
+        base = f"{run_id}-{counter}"
+        if per == 1:
+            return (single_prefix + base + suffix).encode()
+        return (bprefix + ",".join(prefix + f"{base}-{i}" + suffix for i in range(1, per + 1)) + bsuffix).encode()
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal ok, other, errors
+        while deadline is None or time.monotonic() < deadline:
+            data = body()
+            if data is None:
+                return
+            t0 = time.monotonic()
+            try:
+                async with session.post(url + path, data=data, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    if r.status == 200:
+                        ok += 1
+                    else:
+                        other += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                errors += 1
+                continue
+            lat.append(time.monotonic() - t0)
+
+    conn = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+    elapsed = time.monotonic() - start
+    out.write_text(json.dumps({
+        "requests": ok + other, "duration_us": int(elapsed * 1e6), "ok": ok, "other": other, "status": other,
+        "connect": errors, "read": 0, "write": 0, "timeout": 0,
+        "p50_us": int(percentile(lat, 50) * 1e6), "p90_us": int(percentile(lat, 90) * 1e6),
+        "p99_us": int(percentile(lat, 99) * 1e6), "max_us": int(max(lat, default=0) * 1e6),
+        "mean_us": (sum(lat) / len(lat) * 1e6) if lat else 0.0,
+    }))
+
+
+async def _paced(url: str, rate: float, duration: float, run_id: str, senders: int, out: Path) -> None:
+    """Open-loop load: single track events at ``rate`` per second for ``duration`` seconds (event i is
+    due at start + i/rate; ``senders`` concurrent workers). Records, per messageId, the wall-clock
+    time its 200 came back."""
+    import aiohttp
+
+    prefix, suffix = event_template()
+    single_prefix = '{"writeKey":"%s",' % WRITE_KEY + prefix[1:]
+    total = int(rate * duration)
+    acked: dict[str, float] = {}
+    send_lat: list[float] = []
+    failures = 0
+    late = 0
+    nxt = 0
+    start = time.monotonic() + 0.2
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal nxt, failures, late
+        while True:
+            i = nxt
+            if i >= total:
+                return
+            nxt += 1
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.05:
+                late += 1
+            mid = f"{run_id}-{i}"
+            t0 = time.monotonic()
+            try:
+                async with session.post(url + "/v1/track", data=(single_prefix + mid + suffix).encode(),
+                                        headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    if r.status == 200:
+                        acked[mid] = time.time()
+                        send_lat.append(time.monotonic() - t0)
+                    else:
+                        failures += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                failures += 1
+
+    conn = aiohttp.TCPConnector(limit=senders)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(senders)))
+    elapsed = time.monotonic() - start
+    out.write_text(json.dumps({
+        "sent": total, "acked": len(acked), "failures": failures, "late": late, "elapsed": elapsed,
+        "ingest_p50_ms": percentile(send_lat, 50) * 1000, "ingest_p99_ms": percentile(send_lat, 99) * 1000,
+        "acked_at": acked,
+    }))
+
+
+async def _post_bodies(url: str, bodies_file: Path, concurrency: int, out: Path) -> None:
+    """POST pre-built JSON bodies (one per line in ``bodies_file``) with ``concurrency`` in flight."""
+    import aiohttp
+
+    bodies = bodies_file.read_bytes().split(b"\n")
+    bodies = [b for b in bodies if b]
+    idx = 0
+    errors = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal idx, errors
+        while idx < len(bodies):
+            data = bodies[idx]
+            idx += 1
+            async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+
+    start = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    out.write_text(json.dumps({"requests": len(bodies), "errors": errors, "elapsed": time.monotonic() - start}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("bare", "receiver"):
+        p = sub.add_parser(name)
+        p.add_argument("--port", type=int, required=True)
+    p = sub.add_parser("load")
+    p.add_argument("--url", required=True)
+    p.add_argument("--per", type=int, default=1)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--requests", type=int)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("paced")
+    p.add_argument("--url", required=True)
+    p.add_argument("--rate", type=float, default=1000)
+    p.add_argument("--duration", type=float, default=15)
+    p.add_argument("--senders", type=int, default=256)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("post-bodies")
+    p.add_argument("--url", required=True)
+    p.add_argument("--bodies", type=Path, required=True)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.cmd == "bare":
+        serve_bare(args.port)
+    elif args.cmd == "receiver":
+        serve_receiver(args.port)
+    else:
+        _install_uvloop()
+        if args.cmd == "load":
+            asyncio.run(_load(args.url, args.per, args.run_id, args.connections, args.duration, args.requests, args.out))
+        elif args.cmd == "paced":
+            asyncio.run(_paced(args.url, args.rate, args.duration, args.run_id, args.senders, args.out))
+        else:
+            asyncio.run(_post_bodies(args.url, args.bodies, args.concurrency, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

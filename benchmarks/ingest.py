@@ -1,0 +1,190 @@
+"""Ingest benchmark: trackrelay against a bare aiohttp server, single events and 100-event batches.
+
+Runs, one after another on this machine (no pinning):
+  bare            aiohttp + uvloop (as trackrelay) that reads the body and answers 200, no parsing
+  trackrelay      durability full, no destinations
+  trackrelay+dest durability full, one webhook destination to a closed port with an hour of backoff:
+                  every event is routed and queued for it (routing cost included); after the first
+                  failed batch the worker pauses, so no sending cost is included
+
+Load: wrk, 2 threads, 64 connections, a Lua script POSTing a ~1.1 KB Segment track event with a
+unique messageId per event, to /v1/track (one event) or /v1/batch (100 events); a short warm-up,
+then the measured run. Each (server, load) pair gets a fresh process and spool. After each
+trackrelay run the spool is checked against the 200s wrk counted.
+
+Prints requests/s, events/s, p50/p99 latency, peak RSS (VmHWM) of the server process, and the
+ratio to the bare server; targets are reported, never asserted (exit status 0 either way).
+
+    .venv/bin/python benchmarks/ingest.py [--duration 10] [--warmup 2] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    PYTHON,
+    CpuMeter,
+    code_version,
+    machine,
+    Procs,
+    free_port,
+    have_wrk,
+    proc_status,
+    run_wrk,
+    spool_counts,
+    start_helper,
+    start_trackrelay,
+    wrk_script,
+)
+
+MODES = {"single": 1, "batch": 100}
+
+
+def load(url: str, workdir: Path, mode: str, run_id: str, duration: float, args: argparse.Namespace) -> dict[str, Any]:
+    per = MODES[mode]
+    if args.wrk:
+        script = wrk_script(workdir / f"{run_id}.lua", events_per_request=per, run_id=run_id,
+                            count_responses=per > 1)
+        res = run_wrk(url, script, threads=args.threads, connections=args.connections, duration=duration)
+        if per == 1:  # no per-response Lua callback on the hot path: 200s = completed - errors
+            res["ok"] = res["requests"] - res["status"]
+        return res
+    out = workdir / f"{run_id}.json"
+    subprocess.run([PYTHON, str(Path(__file__).resolve().parent / "common.py"), "load", "--url", url,
+                    "--per", str(per), "--run-id", run_id, "--connections", str(args.connections),
+                    "--duration", str(duration), "--out", str(out)], check=True, timeout=duration + 120)
+    return json.loads(out.read_text())
+
+
+def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    per = MODES[mode]
+    tag = f"{kind}-{mode}"
+    data_dir = workdir / f"data-{tag}"
+    if kind == "bare":
+        proc, url = start_helper(procs, workdir, "bare")
+    else:
+        destinations: list[dict[str, Any]] = []
+        if kind == "trackrelay+dest":
+            destinations = [{
+                "name": "hook", "type": "webhook",
+                "settings": {"url": f"http://127.0.0.1:{free_port()}/hook", "batch_size": 500},
+                "delivery": {"inflight_retries": 0, "backoff_initial": 3600, "backoff_max": 3600,
+                             "timeout": 5},
+            }]
+        proc, url = start_trackrelay(procs, workdir, tag, data_dir, destinations)
+    warm = load(url, workdir, mode, f"w{tag}", args.warmup, args)
+    with CpuMeter(proc.pid) as cpu:
+        main = load(url, workdir, mode, f"m{tag}", args.duration, args)
+    mem = proc_status(proc.pid)
+    procs.stop(proc)
+    secs = main["duration_us"] / 1e6
+    res: dict[str, Any] = {
+        "kind": kind, "mode": mode, "per": per,
+        "rps": main["requests"] / secs, "eps": main["ok"] * per / secs,
+        "p50_ms": main["p50_us"] / 1000, "p99_ms": main["p99_us"] / 1000, "max_ms": main["max_us"] / 1000,
+        "hwm": mem.get("VmHWM", 0), "rss": mem.get("VmRSS", 0),
+        "errors": {k: main[k] for k in ("connect", "read", "write", "status", "timeout") if main.get(k)},
+        "ok_events": (warm["ok"] + main["ok"]) * per,
+        "cpu_server": cpu.server, "cpu_loadgen": cpu.loadgen, "cpu_other": cpu.other,
+    }
+    if kind != "bare":
+        counts = spool_counts(data_dir)
+        res["stored"] = counts["events"]
+        extra = counts["events"] - res["ok_events"]
+        # requests still in flight when wrk stopped may be stored without wrk having counted their 200
+        slack = 2 * args.connections * per
+        res["spool_ok"] = 0 <= extra <= slack
+        res["spool_extra"] = extra
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    print(f"  {kind:16} {mode:6}  {res['rps']:9.0f} req/s  {res['eps']:10.0f} events/s  "
+          f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:7.2f} ms  peak RSS {res['hwm'] / 2**20:6.1f} MB  "
+          f"cores: server {cpu.server:.2f} loadgen {cpu.loadgen:.2f} other {cpu.other:.2f}"
+          + (f"  stored {res['stored']} (200s x events: {res['ok_events']})" if "stored" in res else ""),
+          flush=True)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, spools)")
+    ap.add_argument("--only", choices=["bare", "trackrelay", "trackrelay+dest"], action="append")
+    args = ap.parse_args()
+    args.wrk = have_wrk() is not None
+    workdir = Path(tempfile.mkdtemp(prefix="trackrelay-bench-ingest-"))
+    procs = Procs()
+    started = time.monotonic()
+    gen = (f"wrk ({have_wrk()}), {args.threads} threads, {args.connections} connections" if args.wrk else
+           f"wrk NOT FOUND: Python aiohttp load generator in a separate process, {args.connections} connections")
+    print(f"ingest benchmark — {gen}; {args.warmup:.0f} s warm-up + {args.duration:.0f} s per run; "
+          f"work dir {workdir}", flush=True)
+    print(f"code: {code_version()}; machine: {machine()}", flush=True)
+    results: list[dict[str, Any]] = []
+    try:
+        for kind in args.only or ["bare", "trackrelay", "trackrelay+dest"]:
+            for mode in MODES:
+                results.append(bench_one(procs, workdir, kind, mode, args))
+    finally:
+        procs.close()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    bare = {r["mode"]: r for r in results if r["kind"] == "bare"}
+    print()
+    print("Summary (durability full; events ~1.1 KB; batch = 100 events)")
+    header = (f"{'server':17}{'load':8}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS':>10}"
+              f"{'vs bare':>9}{'cores srv/gen/other':>21}  spool check")
+    print(header)
+    print("-" * (len(header) + 20))
+    for r in results:
+        b = bare.get(r["mode"])
+        ratio = ""
+        if b and r["kind"] != "bare":
+            ratio = f"{(r['rps'] / b['rps']) if r['mode'] == 'single' else (r['eps'] / b['eps']):.2f}"
+        check = ""
+        if "stored" in r:
+            check = (f"{'OK' if r['spool_ok'] else 'MISMATCH'}: {r['stored']} stored, "
+                     f"{r['ok_events']} answered 200 (+{r['spool_extra']} in flight at stop)")
+        errs = f"  errors {r['errors']}" if r["errors"] else ""
+        print(f"{r['kind']:17}{r['mode']:8}{r['rps']:9.0f}{r['eps']:11.0f}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}"
+              f"{r['hwm'] / 2**20:8.1f}MB{ratio:>9}"
+              f"{r['cpu_server']:9.2f}/{r['cpu_loadgen']:.2f}/{r['cpu_other']:.2f}  {check}{errs}")
+    print()
+    print("trackrelay+dest = one webhook destination (closed port, paused after its first failure): "
+          "routing and queueing cost included, sending not.")
+    print("cores = CPU cores used during the measured run by the server process, by the load generator, "
+          "and by everything else on the machine (other jobs, kernel); 'other' well above 0 means the figures are "
+          "depressed by a busy machine.")
+    print("Targets (2 cores, durability full):")
+    for r in results:
+        if r["kind"] == "bare":
+            continue
+        b = bare.get(r["mode"])
+        if r["mode"] == "single" and b:
+            ratio = r["rps"] / b["rps"]
+            print(f"  {r['kind']:16} single events >= 0.6 x bare req/s: {ratio:.2f} x "
+                  f"({r['rps']:.0f} vs {b['rps']:.0f})  {'met' if ratio >= 0.6 else 'MISSED'}")
+        elif r["mode"] == "batch":
+            print(f"  {r['kind']:16} batches >= 60,000 events/s: {r['eps']:,.0f}  "
+                  f"{'met' if r['eps'] >= 60000 else 'MISSED'}")
+    print(f"(total {time.monotonic() - started:.0f} s; {machine()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

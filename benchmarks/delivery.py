@@ -15,7 +15,7 @@ memory with a large backlog for a dead destination.
 (b) latency — with the receiver up, a paced generator posts single track events at 1,000/s for
     15 s; it records when each 200 came back, the receiver records when each messageId arrived;
     latency = arrival − 200. Same destination settings as (a), flush_interval at its default
-    (0.2 s) — the figure the target is judged on; then once more with flush_interval 0.05 s, to
+    (0.1 s) — the figure the target is judged on; then once more with flush_interval 0.05 s, to
     show what that knob does.
 (c) backlog — the destination's port is closed (receiver down: connection refused, default
     backoff); 1,000,000 events are ingested in 100-event batches; the server's VmRSS and VmHWM are

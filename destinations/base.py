@@ -43,18 +43,36 @@ class DestinationSettings(BaseModel):
     example: ClassVar[dict[str, Any]] = {}
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
     """One stored event handed to an adapter.
 
-    ``event`` is the enriched Segment message (type, messageId, timestamp, receivedAt, context...).
-    ``source`` is the trackrelay source name it arrived on; ``write_key`` is the key it arrived with
-    (only for adapters that forward to another Segment-compatible collector).
+    ``event`` is the enriched Segment message (type, messageId, timestamp, receivedAt, context...),
+    parsed on first use from the spool's bytes; ``json()`` gives those stored bytes unchanged, so
+    pass-through adapters (webhook, console) need not parse and re-encode. ``source`` is the
+    trackrelay source name it arrived on; ``write_key`` is the key it arrived with (only for
+    adapters that forward to another Segment-compatible collector).
     """
 
-    event: Mapping[str, Any]
-    source: str = ""
-    write_key: SecretStr | None = None
+    __slots__ = ("_event", "_raw", "source", "write_key")
+
+    def __init__(self, event: Mapping[str, Any] | None = None, source: str = "",
+                 write_key: SecretStr | None = None, *, raw: bytes | None = None) -> None:
+        if event is None and raw is None:
+            raise ValueError("a Message needs the event or its JSON")
+        self._event = event
+        self._raw = raw
+        self.source = source
+        self.write_key = write_key
+
+    @property
+    def event(self) -> Mapping[str, Any]:
+        if self._event is None:
+            self._event = orjson.loads(self._raw)  # type: ignore[arg-type]
+        return self._event
+
+    def json(self) -> bytes:
+        """The event as JSON: the stored bytes when there are some."""
+        return self._raw if self._raw is not None else orjson.dumps(self._event)
 
     @property
     def type(self) -> str:
@@ -63,6 +81,9 @@ class Message:
     @property
     def message_id(self) -> str:
         return self.event.get("messageId", "")
+
+    def __repr__(self) -> str:
+        return f"Message(source={self.source!r}, type={self.type!r}, messageId={self.message_id!r})"
 
 
 @dataclass(frozen=True, slots=True)

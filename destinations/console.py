@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from destinations.base import Adapter, BatchLimits, Built, DestinationSettings, Message, Request, json_body
+from destinations.base import Adapter, BatchLimits, Built, DestinationSettings, Message, Request
 
 
 class Settings(DestinationSettings):
@@ -25,7 +25,7 @@ class Settings(DestinationSettings):
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     if not messages:
         return Built()
-    body = b"".join(json_body(m.event) + b"\n" for m in messages)
+    body = b"".join(m.json() + b"\n" for m in messages)
     return Built(requests=[Request("WRITE", f"{settings.stream}:", {}, body, tuple(range(len(messages))))])
 
 

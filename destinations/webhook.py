@@ -31,7 +31,6 @@ from destinations.base import (
     Request,
     chunk_by_limits,
     json_array,
-    json_body,
 )
 
 
@@ -63,7 +62,7 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
-    encoded = [(i, json_body(m.event)) for i, m in enumerate(messages)]
+    encoded = [(i, m.json()) for i, m in enumerate(messages)]
     if settings.batch_size == 1:
         chunks = [[(i, body)] for i, body in encoded]
     else:

@@ -158,7 +158,7 @@ class DeliveryConfig(_Model):
 DELIVERY_DEFAULTS = DeliveryConfig(
     max_batch_events=500,
     max_batch_bytes=5 * 1024 * 1024,
-    flush_interval=0.2,
+    flush_interval=0.1,
     concurrency=4,
     timeout=15.0,
     inflight_retries=2,

@@ -20,7 +20,8 @@ _MOBILE_LIBRARIES = ("analytics-ios", "analytics-android", "analytics-swift", "a
 
 
 def iso(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """UTC datetime -> '2026-11-22T20:05:51.829Z' (isoformat is C code, strftime is slow)."""
+    return dt.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_ts(value: Any) -> datetime | None:

@@ -50,7 +50,10 @@ class Ingest:
             key: (src.name, i) for src in config.sources for i, key in enumerate(src.write_keys)
         }
         self.trusted = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
-        self._records: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], bytes] = {}
+        self._headers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], bytes] = {}
+        # labelled counters resolved once: .labels() on every request is measurable
+        self._received = {s.name: METRICS.events_received.labels(s.name) for s in config.sources}
+        self._stored = {s.name: METRICS.events_stored.labels(s.name) for s in config.sources}
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -118,17 +121,18 @@ class Ingest:
             raise BadRequest(400, "invalid_request", "An invalid write key was provided")
         return key
 
-    def record(self, event: dict[str, Any], dests: list[str], skipped: dict[str, str]) -> bytes:
+    def header(self, dests: list[str], skipped: dict[str, str]) -> bytes:
+        """The routing header stored with an event (cached: few distinct routes exist)."""
         cache_key = (tuple(dests), tuple(sorted(skipped.items())))
-        head = self._records.get(cache_key)
+        head = self._headers.get(cache_key)
         if head is None:
             meta: dict[str, Any] = {"d": dests}
             if skipped:
                 meta["x"] = skipped
-            head = orjson.dumps(meta)[:-1] + b',"e":'
-            if len(self._records) < 4096:
-                self._records[cache_key] = head
-        return head + orjson.dumps(event) + b"}"
+            head = orjson.dumps(meta)
+            if len(self._headers) < 4096:
+                self._headers[cache_key] = head
+        return head
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -220,20 +224,21 @@ class Ingest:
                 first = rejected[0] if rejected else (0, "empty_batch", "batch has no events")
                 raise BadRequest(400, first[1], f"no valid event in batch; first error (item {first[0]}): {first[2]}")
 
-        METRICS.events_received.labels(source).inc(len(events) + len(rejected))
+        self._received[source].inc(len(events) + len(rejected))
         spool_items = []
         for event in events:
             dests, skipped = self.router.route(source, event)
             for dest, reason in skipped.items():
                 METRICS.skipped.labels(dest, reason).inc()
-            spool_items.append(IngestItem(dedup_hash(source, event["messageId"]), self.record(event, dests, skipped)))
+            spool_items.append(IngestItem(dedup_hash(source, event["messageId"]), self.header(dests, skipped),
+                                          orjson.dumps(event)))
         try:
             result = await self.spool.append(source, key_index, received_ts, spool_items)
         except Exception as exc:  # a storage failure is ours, not the client's: 503, SDKs retry
             log.error("spool_append_failed", error=repr(exc))
             return error(503, "storage_unavailable", "could not store the events; retry later",
                          headers={"Retry-After": "5"})
-        METRICS.events_stored.labels(source).inc(result.stored)
+        self._stored[source].inc(result.stored)
         if result.duplicates:
             METRICS.duplicates.labels(source).inc(result.duplicates)
         if rejected:

@@ -28,10 +28,8 @@ import time
 from datetime import datetime
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-import orjson
 import structlog
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
@@ -59,7 +57,7 @@ _SEVERITY = {Verdict.OK: 0, Verdict.RETRY: 1, Verdict.PERMANENT: 2}
 
 @dataclass(slots=True)
 class Entry:
-    event: dict[str, Any]
+    raw: bytes  # the stored event's JSON
     source: str
     key_index: int
     size: int
@@ -67,6 +65,7 @@ class Entry:
     retry_id: int | None = None    # ... or from the retry table
     attempts: int = 0
     first_failed: float | None = None
+    received_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +115,7 @@ class DestinationWorker:
         self.stopping = False
         self.task: asyncio.Task | None = None
         self._next_send = 0.0
+        self._events_per_row = 1.0
         self._rate_lock = asyncio.Lock()
         self.log = log.bind(destination=self.name, type=self.adapter.type)
 
@@ -209,12 +209,15 @@ class DestinationWorker:
     async def _fill(self) -> None:
         if self.read_pos >= self.spool.last_log_id:
             return
-        # enough rows to fill a batch when requests carry one event each, few when they carry many
-        want = max(16, min(512, self.d.max_batch_events - len(self.buffer)))
+        # read about one batch worth of events: rows carry 1 (browser) to 2,500 (batch) events
+        want_events = max(1, self.d.max_batch_events - len(self.buffer))
+        want = max(1, min(512, round(want_events / self._events_per_row)))
         rows = await self.spool.read(lambda conn: Spool.fetch_log(conn, self.read_pos, want))
+        if rows:
+            self._events_per_row = max(1.0, sum(len(r.records) for r in rows) / len(rows))
         advanced = False
         for row in rows:
-            mine = [rec for rec in row.records if self.name in rec.get("d", ())]
+            mine = [rec for rec in row.records if self.name in rec.destinations]
             self.read_pos = row.id
             if not mine:
                 if not self.pending:
@@ -226,7 +229,8 @@ class DestinationWorker:
             self.pending[row.id] = len(mine)
             size = max(1, row.size // len(row.records))  # per-event share of the row's bytes
             for rec in mine:
-                self.buffer.append(Entry(rec["e"], row.source, row.key_index, size, log_id=row.id))
+                self.buffer.append(Entry(rec.event, row.source, row.key_index, size, log_id=row.id,
+                                         received_at=row.received_at))
         if advanced:
             self._persist_cursor()
 
@@ -238,7 +242,7 @@ class DestinationWorker:
             if r.id in self.inflight_retry_ids:
                 continue
             self.inflight_retry_ids.add(r.id)
-            entries.append(Entry(r.event, r.source, r.key_index, len(orjson.dumps(r.event)), retry_id=r.id,
+            entries.append(Entry(r.event, r.source, r.key_index, len(r.event), retry_id=r.id,
                                  attempts=r.attempts, first_failed=r.first_failed))
             if len(entries) >= self.d.max_batch_events:
                 break
@@ -271,18 +275,18 @@ class DestinationWorker:
     # -- sending --------------------------------------------------------------------------------
 
     async def deliver(self, batch: list[Entry]) -> None:
-        results = await self.send(batch)
-        await self.record(batch, results)
+        messages = [Message(None, e.source, self.engine.write_key(e.source, e.key_index), raw=e.raw) for e in batch]
+        results = await self.send(messages)
+        await self.record(batch, messages, results)
 
-    async def send(self, batch: list[Entry]) -> list[Result]:
-        messages = [Message(e.event, e.source, self.engine.write_key(e.source, e.key_index)) for e in batch]
-        results: list[Result] = [Result(Verdict.OK) for _ in batch]
+    async def send(self, messages: list[Message]) -> list[Result]:
+        results: list[Result] = [Result(Verdict.OK) for _ in messages]
         try:
             built: Built = self.adapter.build_requests(messages, self.settings)
         except Exception as exc:  # an adapter bug must not lose events: dead-letter them, replayable
             self.log.exception("adapter_failed", error=repr(exc))
             reason = f"adapter error: {exc!r}"[:500]
-            return [Result(Verdict.PERMANENT, reason) for _ in batch]
+            return [Result(Verdict.PERMANENT, reason) for _ in messages]
         for skip in built.skips:
             results[skip.index] = Result(None, skip.reason)
         for reject in built.rejects:
@@ -359,7 +363,7 @@ class DestinationWorker:
 
     # -- recording outcomes ---------------------------------------------------------------------
 
-    async def record(self, batch: list[Entry], results: list[Result]) -> None:
+    async def record(self, batch: list[Entry], messages: list[Message], results: list[Result]) -> None:
         now = time.time()
         dead: list[tuple] = []
         new_retries: list[tuple] = []
@@ -367,8 +371,8 @@ class DestinationWorker:
         finished_retries: list[tuple[int]] = []
         delivered = skipped = 0
         retry_due: list[float] = []
-        for entry, res in zip(batch, results):
-            mid = entry.event.get("messageId")
+        latency = METRICS.delivery_latency.labels(self.name)
+        for entry, message, res in zip(batch, messages, results):
             attempts = entry.attempts + res.attempts
             if res.verdict is Verdict.RETRY:
                 first = entry.first_failed or now
@@ -380,11 +384,11 @@ class DestinationWorker:
                     due = now + delay
                     retry_due.append(due)
                     METRICS.retried.labels(self.name).inc()
-                    self.log.info("event_retry", message_id=mid, attempts=attempts, status=res.status,
+                    self.log.info("event_retry", message_id=_message_id(message), attempts=attempts, status=res.status,
                                   reason=res.reason[:300], retry_in=round(delay, 2))
                     if entry.retry_id is None:
                         new_retries.append((self.name, due, attempts, first, res.status, res.reason[:2000],
-                                            entry.source, entry.key_index, orjson.dumps(entry.event)))
+                                            entry.source, entry.key_index, entry.raw))
                     else:
                         updated_retries.append((due, attempts, res.status, res.reason[:2000], entry.retry_id))
                     continue
@@ -395,21 +399,23 @@ class DestinationWorker:
                 if res.reason.startswith("retry window exceeded"):
                     reason_code = "retry_window"
                 METRICS.dead_lettered.labels(self.name, reason_code).inc()
+                mid = _message_id(message)
                 self.log.warning("event_dead_lettered", message_id=mid, attempts=attempts, status=res.status,
                                  reason=res.reason[:300])
                 dead.append((self.name, now, attempts, res.status, res.reason[:2000], res.response,
-                             entry.source, entry.key_index, mid, orjson.dumps(entry.event)))
+                             entry.source, entry.key_index, mid, entry.raw))
             elif res.verdict is None:
                 skipped += 1
                 METRICS.skipped.labels(self.name, "unsupported_by_destination").inc()
-                self.log.info("event_skipped", message_id=mid, reason=res.reason)
+                self.log.info("event_skipped", message_id=_message_id(message), reason=res.reason)
             else:
                 delivered += 1
-                received = entry.event.get("receivedAt")
-                if isinstance(received, str):
-                    with contextlib.suppress(ValueError):
-                        METRICS.delivery_latency.labels(self.name).observe(
-                            max(0.0, now - datetime.fromisoformat(received).timestamp()))
+                received = entry.received_at
+                if received is None:  # a retried event: its receivedAt is in the event itself
+                    with contextlib.suppress(TypeError, ValueError, KeyError):
+                        received = datetime.fromisoformat(message.event["receivedAt"]).timestamp()
+                if received is not None:
+                    latency.observe(max(0.0, now - received))
         if delivered:
             METRICS.delivered.labels(self.name).inc(delivered)
             self.log.info("events_delivered", count=delivered, attempts=max(r.attempts for r in results))
@@ -471,6 +477,14 @@ class DestinationWorker:
 
     def update_gauges(self) -> None:
         METRICS.backlog.labels(self.name).set(max(0, self.spool.last_log_id - self.read_pos))
+
+
+def _message_id(message: Message) -> str | None:
+    try:
+        mid = message.event.get("messageId")
+    except (ValueError, TypeError):  # unparseable stored bytes: still record the outcome
+        return None
+    return mid if isinstance(mid, str) else None
 
 
 def _safe_url(url: str) -> str:

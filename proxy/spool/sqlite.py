@@ -4,7 +4,10 @@ with group commit.
 Layout
 - ``log``: one row per accepted request (not per event): the request's accepted events, each with
   the destinations it was routed to and the skip reasons for the others. Appending one row per
-  request is what makes ingest cheap (see DESIGN.md, "Measured").
+  request is what makes ingest cheap (see DESIGN.md, "Measured"). The payload is a sequence of
+  length-prefixed records, ``>II`` (header length, event length) + header JSON
+  ({"d": [destinations], "x": {destination: skip reason}}) + the event's JSON, so delivery can
+  route on the small header and hand the event's stored bytes on without parsing them.
 - ``seen_0`` / ``seen_1``: 64-bit hashes of (source, messageId) for deduplication; two buckets that
   rotate every dedup window, so lookups cover at least one full window without a per-row expiry.
 - ``cursors``: per destination, the log id up to which everything is resolved (delivered, skipped,
@@ -24,6 +27,7 @@ import asyncio
 import hashlib
 import queue
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -88,11 +92,50 @@ def dedup_hash(source: str, message_id: str) -> int:
 
 @dataclass(slots=True)
 class IngestItem:
-    """One accepted event, pre-encoded by ingest: ``record`` is the JSON object stored in the log
-    row ({"e": event, "d": [destinations], "x": {destination: skip reason}})."""
+    """One accepted event, pre-encoded by ingest: the routing header JSON and the event JSON."""
 
     dedup: int
-    record: bytes
+    header: bytes
+    event: bytes
+
+
+_LENGTHS = struct.Struct(">II")
+
+
+def encode_records(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    parts: list[bytes] = []
+    for header, event in items:
+        parts += (_LENGTHS.pack(len(header), len(event)), header, event)
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class Record:
+    destinations: tuple[str, ...]
+    skipped: dict[str, str]
+    event: bytes  # the stored event's JSON
+
+
+_HEADERS: dict[bytes, tuple[tuple[str, ...], dict[str, str]]] = {}
+
+
+def decode_records(payload: bytes) -> list[Record]:
+    out: list[Record] = []
+    pos, end, unpack = 0, len(payload), _LENGTHS.unpack_from
+    while pos < end:
+        hlen, elen = unpack(payload, pos)
+        pos += 8
+        header = payload[pos:pos + hlen]
+        pos += hlen
+        parsed = _HEADERS.get(header)
+        if parsed is None:  # few distinct routing headers exist: parse each once
+            meta = orjson.loads(header)
+            parsed = (tuple(meta.get("d", ())), meta.get("x", {}))
+            if len(_HEADERS) < 4096:
+                _HEADERS[header] = parsed
+        out.append(Record(parsed[0], parsed[1], payload[pos:pos + elen]))
+        pos += elen
+    return out
 
 
 @dataclass(slots=True)
@@ -108,7 +151,7 @@ class LogRow:
     received_at: float
     source: str
     key_index: int
-    records: list[dict[str, Any]]
+    records: list[Record]
     size: int
 
 
@@ -121,7 +164,7 @@ class RetryRow:
     first_failed: float
     source: str
     key_index: int
-    event: dict[str, Any]
+    event: bytes
 
 
 @dataclass(slots=True)
@@ -315,18 +358,18 @@ class Spool:
             marks = ",".join("?" * len(chunk))
             for table in ("seen_0", "seen_1"):
                 seen.update(h for (h,) in conn.execute(f"SELECT h FROM {table} WHERE h IN ({marks})", chunk))
-        keep: list[bytes] = []
+        keep: list[tuple[bytes, bytes]] = []
         new_hashes: list[tuple[int]] = []
         for it in items:
             if it.dedup in seen:
                 continue
             seen.add(it.dedup)  # duplicates inside the same request
-            keep.append(it.record)
+            keep.append((it.header, it.event))
             new_hashes.append((it.dedup,))
         if not keep:
             return IngestResult(0, len(items), None)
         conn.executemany(f"INSERT OR IGNORE INTO seen_{self._bucket} (h) VALUES (?)", new_hashes)
-        payload = b"[" + b",".join(keep) + b"]"
+        payload = encode_records(keep)
         cur = conn.execute(
             "INSERT INTO log (received_at, source, key_index, count, payload) VALUES (?,?,?,?,?)",
             (received_at, source, key_index, len(keep), payload),
@@ -360,7 +403,7 @@ class Spool:
             "SELECT id, received_at, source, key_index, payload FROM log WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit_rows),
         ).fetchall()
-        return [LogRow(r[0], r[1], r[2], r[3], orjson.loads(r[4]), len(r[4])) for r in rows]
+        return [LogRow(r[0], r[1], r[2], r[3], decode_records(r[4]), len(r[4])) for r in rows]
 
     @staticmethod
     def fetch_due_retries(conn: sqlite3.Connection, dest: str, now: float, limit: int) -> list[RetryRow]:
@@ -369,7 +412,7 @@ class Spool:
             "WHERE dest = ? AND due <= ? ORDER BY due, id LIMIT ?",
             (dest, now, limit),
         ).fetchall()
-        return [RetryRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7])) for r in rows]
+        return [RetryRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     @staticmethod
     def next_retry_due(conn: sqlite3.Connection, dest: str) -> float | None:
@@ -436,10 +479,10 @@ def read_all_events(path: str | Path) -> list[dict[str, Any]]:
     try:
         out = []
         for source, payload in conn.execute("SELECT source, payload FROM log ORDER BY id"):
-            for rec in orjson.loads(payload):
-                event = rec["e"]
-                event["_trackrelay"] = {"source": source, "destinations": rec.get("d", []),
-                                        "skipped": rec.get("x", {})}
+            for rec in decode_records(payload):
+                event = orjson.loads(rec.event)
+                event["_trackrelay"] = {"source": source, "destinations": list(rec.destinations),
+                                        "skipped": dict(rec.skipped)}
                 out.append(event)
         return out
     finally:

@@ -183,13 +183,22 @@ class DeadRow:
 
 
 class _Op:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "append")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future | None,
-                 loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any] | None, future: asyncio.Future | None,
+                 loop: asyncio.AbstractEventLoop | None, append: "_Append | None" = None) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.append = append
+
+
+@dataclass(slots=True)
+class _Append:
+    source: str
+    key_index: int
+    received_at: float
+    items: list[IngestItem]
 
 
 def _resolve(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
@@ -294,9 +303,16 @@ class Spool:
                     break
                 batch.append(nxt)
             results: list[tuple[Any, Any, BaseException | None]] = []
+            appends = [item for item in batch if item.append is not None]
+            others = [item for item in batch if item.append is None]
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for item in batch:
+                if appends:
+                    # all requests of the group in a handful of statements: every statement costs
+                    # this thread a GIL hand-off with the busy event loop
+                    values = self._append_many(conn, [item.append for item in appends])
+                    results.extend((item, value, None) for item, value in zip(appends, values))
+                for item in others:
                     conn.execute("SAVEPOINT op")
                     try:
                         value = item.fn(conn)
@@ -339,42 +355,49 @@ class Spool:
 
     async def append(self, source: str, key_index: int, received_at: float,
                      items: list[IngestItem]) -> IngestResult:
-        result: IngestResult = await self.submit(
-            lambda conn: self._append(conn, source, key_index, received_at, items)
-        )
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put(_Op(None, fut, loop, _Append(source, key_index, received_at, items)))
+        result: IngestResult = await fut
         if result.stored:
             # only now, after the commit, may readers look for it
             self.last_log_id = max(self.last_log_id, result.log_id or 0)
             self._notify()
         return result
 
-    def _append(self, conn: sqlite3.Connection, source: str, key_index: int, received_at: float,
-                items: list[IngestItem]) -> IngestResult:
-        self._maybe_rotate(conn, received_at)
-        hashes = [it.dedup for it in items]
+    def _append_many(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[IngestResult]:
+        self._maybe_rotate(conn, max(a.received_at for a in appends))
+        hashes = [it.dedup for a in appends for it in a.items]
         seen: set[int] = set()
         for i in range(0, len(hashes), 900):
             chunk = hashes[i:i + 900]
             marks = ",".join("?" * len(chunk))
             for table in ("seen_0", "seen_1"):
                 seen.update(h for (h,) in conn.execute(f"SELECT h FROM {table} WHERE h IN ({marks})", chunk))
-        keep: list[tuple[bytes, bytes]] = []
+        next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0] + 1
+        rows: list[tuple] = []
         new_hashes: list[tuple[int]] = []
-        for it in items:
-            if it.dedup in seen:
+        results: list[IngestResult] = []
+        for a in appends:
+            keep: list[tuple[bytes, bytes]] = []
+            for it in a.items:
+                if it.dedup in seen:
+                    continue
+                seen.add(it.dedup)  # duplicates inside the group
+                keep.append((it.header, it.event))
+                new_hashes.append((it.dedup,))
+            if not keep:
+                results.append(IngestResult(0, len(a.items), None))
                 continue
-            seen.add(it.dedup)  # duplicates inside the same request
-            keep.append((it.header, it.event))
-            new_hashes.append((it.dedup,))
-        if not keep:
-            return IngestResult(0, len(items), None)
-        conn.executemany(f"INSERT OR IGNORE INTO seen_{self._bucket} (h) VALUES (?)", new_hashes)
-        payload = encode_records(keep)
-        cur = conn.execute(
-            "INSERT INTO log (received_at, source, key_index, count, payload) VALUES (?,?,?,?,?)",
-            (received_at, source, key_index, len(keep), payload),
-        )
-        return IngestResult(len(keep), len(items) - len(keep), cur.lastrowid)
+            rows.append((next_id, a.received_at, a.source, a.key_index, len(keep), encode_records(keep)))
+            results.append(IngestResult(len(keep), len(a.items) - len(keep), next_id))
+            next_id += 1
+        if new_hashes:
+            conn.executemany(f"INSERT OR IGNORE INTO seen_{self._bucket} (h) VALUES (?)", new_hashes)
+        if rows:
+            conn.executemany(
+                "INSERT INTO log (id, received_at, source, key_index, count, payload) VALUES (?,?,?,?,?,?)", rows)
+        return results
 
     def _maybe_rotate(self, conn: sqlite3.Connection, now: float) -> None:
         if now - self._bucket_started < self.dedup_window:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -19,9 +20,26 @@ _MOBILE_LIBRARIES = ("analytics-ios", "analytics-android", "analytics-swift", "a
                      "analytics-react-native", "analytics-flutter", "analytics-xamarin")
 
 
+_PREFIXES: dict[int, str] = {}
+
+
+def iso_epoch(ts: float) -> str:
+    """Epoch seconds -> '2026-11-22T20:05:51.829Z'. The 'YYYY-MM-DDTHH:MM:SS' part is cached per
+    second: almost every timestamp formatted on the hot path is within the last few seconds."""
+    total_ms = round(ts * 1000)
+    second, ms = divmod(total_ms, 1000)
+    prefix = _PREFIXES.get(second)
+    if prefix is None:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        if len(_PREFIXES) > 256:
+            _PREFIXES.clear()
+        _PREFIXES[second] = prefix
+    return f"{prefix}.{ms:03d}Z"
+
+
 def iso(dt: datetime) -> str:
-    """UTC datetime -> '2026-11-22T20:05:51.829Z' (isoformat is C code, strftime is slow)."""
-    return dt.isoformat(timespec="milliseconds")[:23] + "Z"
+    """UTC datetime -> '2026-11-22T20:05:51.829Z'."""
+    return iso_epoch(dt.timestamp())
 
 
 def parse_ts(value: Any) -> datetime | None:
@@ -51,7 +69,7 @@ def library_name(item: dict[str, Any]) -> str:
     return name if isinstance(name, str) else ""
 
 
-def enrich(item: dict[str, Any], received: datetime, received_iso: str, batch_sent_at: Any,
+def enrich(item: dict[str, Any], received: float, received_iso: str, batch_sent_at: Any,
            client_ip: str | None, short_path: bool) -> dict[str, Any]:
     item.pop("writeKey", None)
     item["receivedAt"] = received_iso
@@ -61,19 +79,20 @@ def enrich(item: dict[str, Any], received: datetime, received_iso: str, batch_se
     original_raw = item.get("timestamp")
     original = parse_ts(original_raw)
     if original is None:
-        item.pop("timestamp", None)
-        timestamp = received
+        item["timestamp"] = received_iso
     else:
         item.setdefault("originalTimestamp", original_raw)
         sent_raw = item.get("sentAt") or batch_sent_at
         sent = parse_ts(sent_raw)
-        timestamp = received - (sent - original) if sent is not None else original
+        try:
+            timestamp = original.timestamp()
+            if sent is not None:
+                timestamp = received - (sent.timestamp() - timestamp)
+            item["timestamp"] = iso_epoch(timestamp)
+        except (OverflowError, ValueError, OSError):  # absurd client clocks: the server's time
+            item["timestamp"] = received_iso
         if sent is not None and "sentAt" not in item and isinstance(sent_raw, str):
             item["sentAt"] = sent_raw
-    try:
-        item["timestamp"] = iso(timestamp.astimezone(timezone.utc))
-    except (OverflowError, ValueError):  # absurd client clocks: fall back to the server's
-        item["timestamp"] = received_iso
 
     ctx = item.get("context")
     if not isinstance(ctx, dict):
@@ -93,9 +112,9 @@ def enrich(item: dict[str, Any], received: datetime, received_iso: str, batch_se
     return item
 
 
-def received_now() -> tuple[datetime, str]:
-    now = datetime.now(timezone.utc)
-    return now, iso(now)
+def received_now() -> tuple[float, str]:
+    now = time.time()
+    return now, iso_epoch(now)
 
 
 

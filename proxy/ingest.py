@@ -179,8 +179,7 @@ class Ingest:
             return error(429, "spool_full", "the spool is full; retry later",
                          headers={"Retry-After": "30", "X-RateLimit-Reset": "30"})
 
-        received, received_iso = received_now()
-        received_ts = received.timestamp()
+        received_ts, received_iso = received_now()
         client_ip = self.client_ip(request)
         short = segment in spec.SHORT_PATHS
         max_event = self.limits.max_event_bytes
@@ -196,7 +195,7 @@ class Ingest:
             if len(data) > max_event:
                 METRICS.events_rejected.labels(source, "event_too_large").inc()
                 raise BadRequest(400, "event_too_large", f"event exceeds {max_event} bytes")
-            events = [enrich(event, received, received_iso, None, client_ip, short)]
+            events = [enrich(event, received_ts, received_iso, None, client_ip, short)]
             rejected: list[tuple[int, str, str]] = []
         else:
             events = []
@@ -213,7 +212,7 @@ class Ingest:
                 except spec.Invalid as exc:
                     rejected.append((index, exc.reason, exc.message))
                     continue
-                events.append(enrich(event, received, received_iso, batch_sent_at, client_ip, short))
+                events.append(enrich(event, received_ts, received_iso, batch_sent_at, client_ip, short))
             for index, reason, message in rejected:
                 METRICS.events_rejected.labels(source, reason).inc()
                 item = items[index]

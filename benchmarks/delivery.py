@@ -46,6 +46,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.spool.sqlite import decode_records  # noqa: E402
 
 from common import (  # noqa: E402
     PYTHON,
@@ -155,8 +158,8 @@ def drain(procs: Procs, workdir: Path, n: int) -> dict[str, Any]:
         with open(bodies, "wb") as out:
             chunk: list[bytes] = []
             for (payload,) in conn.execute("SELECT payload FROM log ORDER BY id"):
-                for rec in orjson.loads(payload):
-                    chunk.append(orjson.dumps(rec["e"]))
+                for rec in decode_records(payload):
+                    chunk.append(rec.event)
                     if len(chunk) == 500:
                         out.write(b"[" + b",".join(chunk) + b"]\n")
                         chunk = []

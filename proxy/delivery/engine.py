@@ -115,7 +115,6 @@ class DestinationWorker:
         self.stopping = False
         self.task: asyncio.Task | None = None
         self._next_send = 0.0
-        self._events_per_row = 1.0
         self._rate_lock = asyncio.Lock()
         self.log = log.bind(destination=self.name, type=self.adapter.type)
 
@@ -209,12 +208,9 @@ class DestinationWorker:
     async def _fill(self) -> None:
         if self.read_pos >= self.spool.last_log_id:
             return
-        # read about one batch worth of events: rows carry 1 (browser) to 2,500 (batch) events
-        want_events = max(1, self.d.max_batch_events - len(self.buffer))
-        want = max(1, min(512, round(want_events / self._events_per_row)))
+        # about one batch worth of events: rows carry 1 (browser) to 2,500 (batch) events
+        want = max(1, self.d.max_batch_events - len(self.buffer))
         rows = await self.spool.read(lambda conn: Spool.fetch_log(conn, self.read_pos, want))
-        if rows:
-            self._events_per_row = max(1.0, sum(len(r.records) for r in rows) / len(rows))
         advanced = False
         for row in rows:
             mine = [rec for rec in row.records if self.name in rec.destinations]

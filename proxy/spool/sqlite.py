@@ -421,10 +421,19 @@ class Spool:
         return await asyncio.to_thread(self._read, fn)
 
     @staticmethod
-    def fetch_log(conn: sqlite3.Connection, after: int, limit_rows: int) -> list[LogRow]:
+    def fetch_log(conn: sqlite3.Connection, after: int, max_events: int, max_rows: int = 512) -> list[LogRow]:
+        """Log rows after ``after``: as many as hold about ``max_events`` events (at least one row)."""
+        counts = conn.execute("SELECT id, count FROM log WHERE id > ? ORDER BY id LIMIT ?", (after, max_rows)).fetchall()
+        if not counts:
+            return []
+        upto, total = counts[0][0], 0
+        for row_id, count in counts:
+            if total and total + count > max_events:
+                break
+            upto, total = row_id, total + count
         rows = conn.execute(
-            "SELECT id, received_at, source, key_index, payload FROM log WHERE id > ? ORDER BY id LIMIT ?",
-            (after, limit_rows),
+            "SELECT id, received_at, source, key_index, payload FROM log WHERE id > ? AND id <= ? ORDER BY id",
+            (after, upto),
         ).fetchall()
         return [LogRow(r[0], r[1], r[2], r[3], decode_records(r[4]), len(r[4])) for r in rows]
 

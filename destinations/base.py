@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,12 @@ class Message:
         return f"Message(source={self.source!r}, type={self.type!r}, messageId={self.message_id!r})"
 
 
+_SECRET_QUERY = re.compile(
+    r"([?&](?:api_secret|api_key|apikey|key|token|access_token|secret|password|sig|signature)=)[^&#]*",
+    re.IGNORECASE,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One outgoing HTTP call. ``messages`` are indexes into the batch given to build_requests,
@@ -99,12 +106,7 @@ class Request:
 
     def __repr__(self) -> str:  # headers may carry credentials: never print them
         # Some APIs only take credentials in the query string (GA4's api_secret): hide those values.
-        import re
-
-        url = re.sub(
-            r"([?&](?:api_secret|api_key|apikey|key|token|access_token|secret|password|sig|signature)=)[^&#]*",
-            r"\1***", self.url, flags=re.IGNORECASE,
-        )
+        url = _SECRET_QUERY.sub(r"\1***", self.url)
         return f"Request({self.method} {url} messages={len(self.messages)} bytes={len(self.body or b'')})"
 
 

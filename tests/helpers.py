@@ -156,6 +156,23 @@ class TrackRelay:
             except orjson.JSONDecodeError:
                 return e.code, payload, dict(e.headers)
 
+    def wait_dead_letters(self, dest: str, count: int, timeout: float = 15.0) -> list[tuple[str, str]]:
+        """(message_id, reason) of the destination's dead letters once there are ``count`` of them
+        (or whatever is there when ``timeout`` runs out), read straight from the spool."""
+        from proxy.spool.sqlite import connect
+
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = connect(self.data_dir, readonly=True)
+            try:
+                rows = conn.execute(
+                    "SELECT message_id, reason FROM dead WHERE dest = ? ORDER BY id", (dest,)).fetchall()
+            finally:
+                conn.close()
+            if len(rows) >= count or time.monotonic() > deadline:
+                return [tuple(r) for r in rows]
+            time.sleep(0.1)
+
     def spool_events(self) -> list[dict[str, Any]]:
         """Every event stored in the spool, in arrival order (read straight from SQLite)."""
         from proxy.spool.sqlite import read_all_events

@@ -5,7 +5,6 @@ would take is dead-lettered without being sent."""
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 
@@ -19,21 +18,6 @@ pytestmark = pytest.mark.skipif(
 
 DELIVERY = {"flush_interval": 0.05, "backoff_initial": 0.05, "backoff_max": 0.5}
 KEY = "wire-amp-key"
-
-
-def dead_letters(tr: TrackRelay, dest: str, count: int, timeout: float = 15.0) -> list[tuple]:
-    from proxy.spool.sqlite import connect
-
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = connect(tr.data_dir, readonly=True)
-        try:
-            rows = conn.execute("SELECT message_id, reason FROM dead WHERE dest = ? ORDER BY id", (dest,)).fetchall()
-        finally:
-            conn.close()
-        if len(rows) >= count or time.monotonic() > deadline:
-            return [tuple(r) for r in rows]
-        time.sleep(0.1)
 
 
 def segment_batch() -> list[dict]:
@@ -68,7 +52,7 @@ def test_end_to_end(tmp_path) -> None:
         status, body, _ = tr.post("/v1/batch", {"writeKey": tr.write_key, "batch": segment_batch()})
         assert status == 200, body
         fake.wait_for(lambda _: len({e["insert_id"] for e in app["events"]}) >= 11 and app["mappings"], timeout=20)
-        dead = dead_letters(tr, "amp", 1)
+        dead = tr.wait_dead_letters("amp", 1)
         events = list(app["events"])
         mappings = list(app["mappings"])
         requests = fake.snapshot()

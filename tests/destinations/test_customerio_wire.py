@@ -43,21 +43,6 @@ PARTIAL = [  # one batch: Customer.io answers 207 refusing only the merge into a
 ]
 
 
-def wait_for_dead_letters(tr: TrackRelay, dest: str, count: int, timeout: float = 10.0) -> list[tuple]:
-    from proxy.spool.sqlite import connect
-
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = connect(tr.data_dir, readonly=True)
-        try:
-            rows = conn.execute("SELECT message_id, reason FROM dead WHERE dest = ? ORDER BY id", (dest,)).fetchall()
-        finally:
-            conn.close()
-        if len(rows) >= count or time.monotonic() > deadline:
-            return [tuple(r) for r in rows]
-        time.sleep(0.1)
-
-
 def test_track_mode_end_to_end(tmp_path) -> None:
     app = make_app(site_id=SITE, api_key=KEY)
     app["script"].append((503, {"message": "unavailable"}, {}))  # first call fails: must be retried
@@ -69,7 +54,7 @@ def test_track_mode_end_to_end(tmp_path) -> None:
         assert status == 200, body
         fake.wait_for(lambda _: len(app["accepted"]) >= 7, timeout=20)
         accepted = list(app["accepted"])
-        dead = wait_for_dead_letters(tr, "cio", 1)
+        dead = tr.wait_dead_letters("cio", 1)
     assert len(dead) == 1 and dead[0][0] == "w-8"
     assert dead[0][1].endswith("event name is 150 bytes; Customer.io accepts at most 100")
     v2 = {item.get("action"): item for api, item in accepted if api == "v2" and item["type"] == "person"}
@@ -113,7 +98,7 @@ def test_track_mode_207_partial_success(tmp_path) -> None:
         status, body, _ = tr.post("/v1/batch", {"writeKey": tr.write_key, "batch": PARTIAL})
         assert status == 200, body
         fake.wait_for(lambda reqs: any(r.status == 207 for r in reqs), timeout=20)
-        dead = wait_for_dead_letters(tr, "cio", 1)
+        dead = tr.wait_dead_letters("cio", 1)
         time.sleep(0.5)  # a wrongly retried batch would show up as more requests
         batches = [r for r in fake.snapshot() if r.path == "/api/v2/batch"]
     assert len(dead) == 1 and dead[0][0] == "q-2"

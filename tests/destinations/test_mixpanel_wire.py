@@ -24,21 +24,6 @@ RATE_LIMITED = {"code": 429, "error": "Project exceeded rate limits. Please retr
                 "status": "Too Many Requests"}
 
 
-def dead_letters(tr: TrackRelay, dest: str, count: int, timeout: float = 15.0) -> list[tuple]:
-    from proxy.spool.sqlite import connect
-
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = connect(tr.data_dir, readonly=True)
-        try:
-            rows = conn.execute("SELECT message_id, reason FROM dead WHERE dest = ? ORDER BY id", (dest,)).fetchall()
-        finally:
-            conn.close()
-        if len(rows) >= count or time.monotonic() > deadline:
-            return [tuple(r) for r in rows]
-        time.sleep(0.1)
-
-
 def segment_batch() -> list[dict]:
     future = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
     ctx = {"ip": "198.51.100.4", "campaign": {"name": "launch", "source": "x"}}
@@ -72,7 +57,7 @@ def test_end_to_end(tmp_path) -> None:
         assert status == 200, body
         fake.wait_for(lambda _: len(app["events"]) >= 8 and len(app["groups"]) >= 1
                       and len({p.get("$distinct_id") + str(sorted(p)) for p in app["profiles"]}) >= 3, timeout=20)
-        dead = dead_letters(tr, "mp", 1)
+        dead = tr.wait_dead_letters("mp", 1)
         time.sleep(0.5)  # a wrongly resent partial success would show up as more /import records
         events = list(app["events"])
         profiles = list(app["profiles"])

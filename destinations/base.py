@@ -128,6 +128,16 @@ class Reject:
     reason: str
 
 
+class SkipMessage(Exception):
+    """Raised by an adapter's per-message mapping for a message the API cannot take; the text is
+    the skip reason (the build loop turns it into a Skip)."""
+
+
+class RejectMessage(Exception):
+    """Raised by an adapter's per-message mapping for a message the API would refuse; the text is
+    the dead-letter reason (the build loop turns it into a Reject)."""
+
+
 @dataclass(slots=True)
 class Built:
     requests: list[Request] = field(default_factory=list)

@@ -91,9 +91,11 @@ from destinations.base import (
     MessageOutcome,
     Outcome,
     Reject,
+    RejectMessage,
     Request,
     Response,
     Skip,
+    SkipMessage,
     Verdict,
     chunk_by_limits,
     default_classify,
@@ -186,14 +188,6 @@ class Settings(DestinationSettings):
         return (TRACK_HOSTS if self.mode == "track" else PIPELINES_HOSTS)[self.region]
 
 
-class _Skip(Exception):
-    pass
-
-
-class _Reject(Exception):
-    pass
-
-
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -206,7 +200,7 @@ def _person(identifier: str) -> dict[str, str]:
     """Customer.io person identifiers for a Segment userId (as Customer.io's own Segment
     integration resolves them)."""
     if _nbytes(identifier) > MAX_ID_BYTES:
-        raise _Reject(f"person identifier is {_nbytes(identifier)} bytes; Customer.io accepts at most {MAX_ID_BYTES}")
+        raise RejectMessage(f"person identifier is {_nbytes(identifier)} bytes; Customer.io accepts at most {MAX_ID_BYTES}")
     if identifier.startswith("cio_") and len(identifier) > 4:
         return {"cio_id": identifier[4:]}
     if is_email(identifier):
@@ -244,20 +238,20 @@ def _attributes(traits: Mapping[str, Any], settings: Settings, drop: tuple[str, 
 
 def _check_attributes(attributes: Mapping[str, Any]) -> None:
     if len(attributes) > MAX_ATTRIBUTES:
-        raise _Reject(f"{len(attributes)} attributes; Customer.io accepts at most {MAX_ATTRIBUTES} in one request")
+        raise RejectMessage(f"{len(attributes)} attributes; Customer.io accepts at most {MAX_ATTRIBUTES} in one request")
     for key, value in attributes.items():
         if _nbytes(str(key)) > MAX_ATTRIBUTE_NAME_BYTES:
-            raise _Reject(f"attribute name {str(key)[:40]!r}... is longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
+            raise RejectMessage(f"attribute name {str(key)[:40]!r}... is longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
         size = _nbytes(value) if isinstance(value, str) else len(json_body(value))
         if size > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise _Reject(f"value of attribute {str(key)!r} is {size} bytes; Customer.io accepts at most {MAX_ATTRIBUTE_VALUE_BYTES}")
+            raise RejectMessage(f"value of attribute {str(key)!r} is {size} bytes; Customer.io accepts at most {MAX_ATTRIBUTE_VALUE_BYTES}")
 
 
 def _event_data(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
     data = dates_to_unix_seconds(data) if settings.convert_timestamps else data
     size = len(json_body(data))
     if size > MAX_EVENT_DATA_BYTES:
-        raise _Reject(f"event data is {size} bytes; Customer.io accepts at most {MAX_EVENT_DATA_BYTES}")
+        raise RejectMessage(f"event data is {size} bytes; Customer.io accepts at most {MAX_EVENT_DATA_BYTES}")
     return data
 
 
@@ -280,7 +274,7 @@ def _identify(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     elif is_email(traits.get("email")):
         identifiers = _person(traits["email"])
     else:
-        raise _Skip("identify without userId or traits.email: Customer.io has no anonymous people to identify")
+        raise SkipMessage("identify without userId or traits.email: Customer.io has no anonymous people to identify")
     attributes = _attributes(traits, settings)
     anon = anonymous_id(event)
     if anon and "anonymous_id" not in attributes:
@@ -300,10 +294,10 @@ def _view_name(event: Mapping[str, Any], kind: str) -> str:
     if kind == "event":
         name = event.get("event")
         if not isinstance(name, str) or not name.strip():
-            raise _Reject("track call without an event name: Customer.io refuses blank event names")
+            raise RejectMessage("track call without an event name: Customer.io refuses blank event names")
         name = name.strip()
         if _nbytes(name) > MAX_EVENT_NAME_BYTES:
-            raise _Reject(f"event name is {_nbytes(name)} bytes; Customer.io accepts at most {MAX_EVENT_NAME_BYTES}")
+            raise RejectMessage(f"event name is {_nbytes(name)} bytes; Customer.io accepts at most {MAX_EVENT_NAME_BYTES}")
         return name
     page = context(event).get("page")
     page = page if isinstance(page, Mapping) else {}
@@ -315,10 +309,10 @@ def _view_name(event: Mapping[str, Any], kind: str) -> str:
         if isinstance(candidate, str) and candidate.strip():
             name = candidate.strip()
             if len(name) > MAX_VIEW_NAME_CHARS:
-                raise _Reject(f"{kind} name is {len(name)} characters; Customer.io accepts fewer than 500")
+                raise RejectMessage(f"{kind} name is {len(name)} characters; Customer.io accepts fewer than 500")
             return name
     what = "a URL, name or path" if kind == "page" else "a name"
-    raise _Reject(f"{kind} call without {what}: Customer.io needs a {kind} name")
+    raise RejectMessage(f"{kind} call without {what}: Customer.io needs a {kind} name")
 
 
 def _view_data(event: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -349,7 +343,7 @@ def _event(event: Mapping[str, Any], settings: Settings, kind: str) -> tuple[str
         return "v2", entry
     anon = anonymous_id(event)
     if not anon:
-        raise _Reject(f"{kind} call without userId or anonymousId")
+        raise RejectMessage(f"{kind} call without userId or anonymousId")
     body: dict[str, Any] = {"name": name, "type": kind, "anonymous_id": anon}
     if dedup:
         body["id"] = dedup
@@ -361,7 +355,7 @@ def _event(event: Mapping[str, Any], settings: Settings, kind: str) -> tuple[str
 def _group(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     group = event.get("groupId")
     if group in (None, ""):
-        raise _Reject("group call without groupId: Customer.io needs an object_id")
+        raise RejectMessage("group call without groupId: Customer.io needs an object_id")
     traits = event.get("traits") if isinstance(event.get("traits"), Mapping) else {}
     object_type = settings.object_type_id
     for key in _OBJECT_TYPE_KEYS:
@@ -369,7 +363,7 @@ def _group(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             object_type = str(traits[key])
             break
     if not object_type.isdigit():
-        raise _Reject(f"object type id {object_type[:40]!r} is not a string-formatted integer as Customer.io requires")
+        raise RejectMessage(f"object type id {object_type[:40]!r} is not a string-formatted integer as Customer.io requires")
     attributes = _attributes(traits, settings, drop=_OBJECT_TYPE_KEYS)
     _check_attributes(attributes)
     entry: dict[str, Any] = {
@@ -391,10 +385,10 @@ def _alias(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     uid = user_id(event)
     previous = event.get("previousId")
     if not uid or previous in (None, ""):
-        raise _Reject("alias call needs both userId and previousId to merge people in Customer.io")
+        raise RejectMessage("alias call needs both userId and previousId to merge people in Customer.io")
     previous = str(previous)
     if previous == uid:
-        raise _Skip("alias with previousId equal to userId: nothing to merge")
+        raise SkipMessage("alias with previousId equal to userId: nothing to merge")
     if previous == anonymous_id(event):
         return _with_time(
             {"type": "person", "identifiers": _person(uid), "action": "identify", "attributes": {"anonymous_id": previous}},
@@ -426,11 +420,11 @@ def _build_track(messages: Sequence[Message], settings: Settings) -> Built:
             elif kind == "alias":
                 route, payload = "v2", _alias(event, settings)
             else:
-                raise _Skip(f"call type {kind!r} is not a Segment call Customer.io takes")
-        except _Skip as skip:
+                raise SkipMessage(f"call type {kind!r} is not a Segment call Customer.io takes")
+        except SkipMessage as skip:
             built.skips.append(Skip(i, str(skip)))
             continue
-        except _Reject as reject:
+        except RejectMessage as reject:
             built.rejects.append(Reject(i, str(reject)))
             continue
         encoded = json_body(payload)
@@ -453,18 +447,18 @@ _SEGMENT_CALLS = ("identify", "track", "page", "screen", "group", "alias")
 def _pipelines_check(event: Mapping[str, Any]) -> None:
     kind = event.get("type")
     if kind not in _SEGMENT_CALLS:
-        raise _Skip(f"call type {kind!r} is not a Segment call the Data Pipelines API takes")
+        raise SkipMessage(f"call type {kind!r} is not a Segment call the Data Pipelines API takes")
     has_user = user_id(event) or anonymous_id(event)
     if kind == "identify" and not has_user and not is_email(traits_of(event).get("email")):
-        raise _Reject("identify without userId, anonymousId or traits.email")
+        raise RejectMessage("identify without userId, anonymousId or traits.email")
     if kind != "identify" and not has_user:
-        raise _Reject(f"{kind} call without userId or anonymousId")
+        raise RejectMessage(f"{kind} call without userId or anonymousId")
     if kind == "track" and not (isinstance(event.get("event"), str) and event["event"].strip()):
-        raise _Reject("track call without an event name")
+        raise RejectMessage("track call without an event name")
     if kind == "group" and event.get("groupId") in (None, ""):
-        raise _Reject("group call without groupId")
+        raise RejectMessage("group call without groupId")
     if kind == "alias" and (event.get("previousId") in (None, "") or not user_id(event)):
-        raise _Reject("alias call needs both userId and previousId")
+        raise RejectMessage("alias call needs both userId and previousId")
 
 
 def _build_pipelines(messages: Sequence[Message], settings: Settings) -> Built:
@@ -476,10 +470,10 @@ def _build_pipelines(messages: Sequence[Message], settings: Settings) -> Built:
     for i, msg in enumerate(messages):
         try:
             _pipelines_check(msg.event)
-        except _Skip as skip:
+        except SkipMessage as skip:
             built.skips.append(Skip(i, str(skip)))
             continue
-        except _Reject as reject:
+        except RejectMessage as reject:
             built.rejects.append(Reject(i, str(reject)))
             continue
         event = {k: v for k, v in msg.event.items() if k not in ("receivedAt", "sentAt")}

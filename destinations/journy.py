@@ -55,8 +55,10 @@ from destinations.base import (
     DestinationSettings,
     Message,
     Reject,
+    RejectMessage,
     Request,
     Skip,
+    SkipMessage,
     json_body,
 )
 from destinations.semantic import (
@@ -100,14 +102,6 @@ class Settings(DestinationSettings):
         return str(self.endpoint).rstrip("/") if self.endpoint else DEFAULT_ENDPOINT
 
 
-class _Invalid(Exception):
-    """A message journy.io would refuse; the text is the dead-letter reason."""
-
-
-class _Skip(Exception):
-    """A message journy.io cannot take (not an error); the text is the skip reason."""
-
-
 def _post(settings: Settings, path: str, body: Mapping[str, Any], index: int) -> Request:
     headers = {"X-Api-Key": settings.api_key.get_secret_value(), "Content-Type": "application/json"}
     return Request("POST", settings.base_url + path, headers, json_body(body), (index,))
@@ -132,7 +126,7 @@ def _identify(event: Mapping[str, Any], index: int, settings: Settings) -> list[
     elif email is not None and uid is not None:
         traits["email"] = email  # not an address journy.io would accept as identity: keep it as a property
     if not identification:
-        raise _Skip("no userId and no valid traits.email: journy.io identifies users by one of them")
+        raise SkipMessage("no userId and no valid traits.email: journy.io identifies users by one of them")
     body = {"identification": identification, "properties": _properties(traits)}
     return [_post(settings, "/users/upsert", body, index)]
 
@@ -140,7 +134,7 @@ def _identify(event: Mapping[str, Any], index: int, settings: Settings) -> list[
 def _group(event: Mapping[str, Any], index: int, settings: Settings) -> list[Request]:
     gid = group_id(event)
     if gid is None:
-        raise _Invalid("group call without a groupId: journy.io accounts are identified by it")
+        raise RejectMessage("group call without a groupId: journy.io accounts are identified by it")
     traits = normalized_traits(traits_of(event))
     traits.pop("id", None)
     account: dict[str, str] = {"accountId": gid}
@@ -160,7 +154,7 @@ def _event(
     event: Mapping[str, Any], index: int, settings: Settings, name: Any, props: Mapping[str, Any]
 ) -> list[Request]:
     if not isinstance(name, str) or not name.strip():
-        raise _Invalid("track call without an event name")
+        raise RejectMessage("track call without an event name")
     identification: dict[str, Any] = {}
     uid = user_id(event)
     if uid is not None:
@@ -170,7 +164,7 @@ def _event(
     if gid is not None:
         identification["account"] = {"accountId": gid}
     if not identification:
-        raise _Skip("no userId and no context.groupId: journy.io events belong to a user, an account or both")
+        raise SkipMessage("no userId and no context.groupId: journy.io events belong to a user, an account or both")
     body: dict[str, Any] = {"identification": identification, "name": name}
     when = event_time(event)
     if when is not None:
@@ -197,17 +191,17 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                 requests = _event(event, index, settings, event.get("event"), properties_of(event))
             elif kind in ("page", "screen"):
                 if not settings.page_events:
-                    raise _Skip(SKIP_PAGE)
+                    raise SkipMessage(SKIP_PAGE)
                 name = "Page Viewed" if kind == "page" else "Screen Viewed"
                 requests = _event(event, index, settings, name, page_properties(event))
             elif kind == "alias":
-                raise _Skip(SKIP_ALIAS)
+                raise SkipMessage(SKIP_ALIAS)
             else:
-                raise _Skip(f"unknown call type {kind!r}")
-        except _Skip as exc:
+                raise SkipMessage(f"unknown call type {kind!r}")
+        except SkipMessage as exc:
             built.skips.append(Skip(index, str(exc)))
             continue
-        except _Invalid as exc:
+        except RejectMessage as exc:
             built.rejects.append(Reject(index, str(exc)))
             continue
         built.requests.extend(requests)

@@ -77,6 +77,7 @@ from destinations.base import (
     Message,
     Outcome,
     Reject,
+    RejectMessage,
     Request,
     Response,
     Skip,
@@ -150,10 +151,6 @@ class Settings(DestinationSettings):
         )
 
 
-class _Invalid(Exception):
-    """A message Usertour would refuse; the text is the dead-letter reason."""
-
-
 def code_name(key: Any, prefix: str) -> str | None:
     return identifier_key(key, prefix=prefix, min_length=2, max_length=MAX_CODE_NAME)
 
@@ -165,9 +162,9 @@ def attributes(values: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in scalar_leaves(values, "_", lists="keep").items():
         name = code_name(key, "attr")
         if name is None:
-            raise _Invalid(f"attribute key {key!r} cannot be made a Usertour codeName (2-100 characters)")
+            raise RejectMessage(f"attribute key {key!r} cannot be made a Usertour codeName (2-100 characters)")
         if name in out:
-            raise _Invalid(f"attribute keys {origin[name]!r} and {key!r} both become {name!r} in Usertour")
+            raise RejectMessage(f"attribute keys {origin[name]!r} and {key!r} both become {name!r} in Usertour")
         out[name] = value
         origin[name] = key
     return out
@@ -206,7 +203,7 @@ def _identify(event: Mapping[str, Any], index: int, settings: Settings) -> list[
 def _group(event: Mapping[str, Any], index: int, settings: Settings) -> list[Request]:
     gid = group_id(event)
     if gid is None:
-        raise _Invalid("group call without a groupId: Usertour companies are keyed by it")
+        raise RejectMessage("group call without a groupId: Usertour companies are keyed by it")
     uid = user_id(event)
     company = f"/companies/{quote(gid, safe='')}"
     company_attrs = attributes(_traits(event))
@@ -228,18 +225,18 @@ def _event_request(
     uid = user_id(event)
     assert uid is not None
     if len(uid) > MAX_EXTERNAL_ID:
-        raise _Invalid(f"userId is {len(uid)} characters; Usertour events take at most {MAX_EXTERNAL_ID}")
+        raise RejectMessage(f"userId is {len(uid)} characters; Usertour events take at most {MAX_EXTERNAL_ID}")
     if not isinstance(name, str) or not name.strip():
-        raise _Invalid("track call without an event name")
+        raise RejectMessage("track call without an event name")
     code = code_name(name, "event")
     if code is None:
-        raise _Invalid(f"event name {name!r} cannot be made a Usertour codeName (2-100 characters)")
+        raise RejectMessage(f"event name {name!r} cannot be made a Usertour codeName (2-100 characters)")
     body: dict[str, Any] = {"userId": uid, "name": code}
     options = integration_options(event, INTEGRATION_NAMES)
     company = None if options.get("userOnly") is True else group_id(event)
     if company is not None:
         if len(company) > MAX_EXTERNAL_ID:
-            raise _Invalid(
+            raise RejectMessage(
                 f"context.groupId is {len(company)} characters; Usertour events take at most {MAX_EXTERNAL_ID}"
             )
         body["companyId"] = company
@@ -284,8 +281,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             for request in requests:
                 size = len(request.body or b"")
                 if size > MAX_BODY_BYTES:
-                    raise _Invalid(f"request body is {size} bytes; Usertour's server parses at most {MAX_BODY_BYTES}")
-        except _Invalid as exc:
+                    raise RejectMessage(f"request body is {size} bytes; Usertour's server parses at most {MAX_BODY_BYTES}")
+        except RejectMessage as exc:
             built.rejects.append(Reject(index, str(exc)))
             continue
         built.requests.extend(requests)

@@ -16,7 +16,7 @@ Layout
 - ``retry``: events waiting for a durable retry (own copy of the event, attempts, due time).
 - ``dead``: dead letters with the destination, attempts and the last response.
 
-Every write goes through ``Writer``: callers queue an operation and await its future; the writer
+Every write goes through the writer thread: callers queue an operation and await its future; the writer
 thread runs everything queued so far in one transaction and commits once (fsync with
 durability=full), then resolves all the futures. The 200 is sent only after that.
 """
@@ -165,21 +165,6 @@ class RetryRow:
     source: str
     key_index: int
     event: bytes
-
-
-@dataclass(slots=True)
-class DeadRow:
-    id: int
-    dest: str
-    at: float
-    attempts: int
-    status: int | None
-    reason: str
-    response: str | None
-    source: str
-    key_index: int
-    message_id: str | None
-    event: dict[str, Any]
 
 
 class _Op:
@@ -499,9 +484,6 @@ class Spool:
         dropped = await self.submit(op)
         await asyncio.to_thread(self._read, lambda conn: self._refresh_size())
         return dropped
-
-    async def checkpoint(self) -> None:
-        await self.submit(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
 
 def read_all_events(path: str | Path) -> list[dict[str, Any]]:

@@ -152,6 +152,31 @@ class Ingest:
 
     async def _handle(self, request: web.Request, segment: str, call_type: str | None) -> web.Response:
         data = await self.read_body(request)
+        prepared = self.prepare(request, data, segment, call_type)
+        # Only bytes are kept across the commit wait: the parsed request is garbage by now, so the
+        # next request's parse reuses warm memory and the collector has little to walk.
+        del data
+        if isinstance(prepared, web.Response):
+            return prepared
+        source, key_index, received_ts, spool_items, rejected_count = prepared
+        try:
+            result = await self.spool.append(source, key_index, received_ts, spool_items)
+        except Exception as exc:  # a storage failure is ours, not the client's: 503, SDKs retry
+            log.error("spool_append_failed", error=repr(exc))
+            return error(503, "storage_unavailable", "could not store the events; retry later",
+                         headers={"Retry-After": "5"})
+        self._stored[source].inc(result.stored)
+        if result.duplicates:
+            METRICS.duplicates.labels(source).inc(result.duplicates)
+        if rejected_count:
+            return web.Response(body=_SUCCESS_BODY, content_type="application/json",
+                                headers={"X-Trackrelay-Rejected": str(rejected_count)})
+        return web.Response(body=_SUCCESS_BODY, content_type="application/json")
+
+    def prepare(self, request: web.Request, data: bytes, segment: str, call_type: str | None
+                ) -> web.Response | tuple[str, int, float, list[IngestItem], int]:
+        """Parse, check, enrich and route a request body: (source, key index, receivedAt, the
+        encoded items to store, how many items were rejected), or an error response to send."""
         try:
             body = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -231,16 +256,4 @@ class Ingest:
                 METRICS.skipped.labels(dest, reason).inc()
             spool_items.append(IngestItem(dedup_hash(source, event["messageId"]), self.header(dests, skipped),
                                           orjson.dumps(event)))
-        try:
-            result = await self.spool.append(source, key_index, received_ts, spool_items)
-        except Exception as exc:  # a storage failure is ours, not the client's: 503, SDKs retry
-            log.error("spool_append_failed", error=repr(exc))
-            return error(503, "storage_unavailable", "could not store the events; retry later",
-                         headers={"Retry-After": "5"})
-        self._stored[source].inc(result.stored)
-        if result.duplicates:
-            METRICS.duplicates.labels(source).inc(result.duplicates)
-        if rejected:
-            return web.Response(body=_SUCCESS_BODY, content_type="application/json",
-                                headers={"X-Trackrelay-Rejected": str(len(rejected))})
-        return web.Response(body=_SUCCESS_BODY, content_type="application/json")
+        return source, key_index, received_ts, spool_items, len(rejected)

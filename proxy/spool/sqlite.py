@@ -19,12 +19,21 @@ Layout
 Every write goes through the writer thread: callers queue an operation and await its future; the writer
 thread runs everything queued so far in one transaction and commits once (fsync with
 durability=full), then resolves all the futures. The 200 is sent only after that.
+
+Several server processes (``server.workers``) may each run a writer on the same file. Their
+transactions are serialised by an exclusive ``flock`` on ``spool.lock`` taken around each one: a
+waiting writer is woken by the kernel the moment the lock is free, where SQLite's own busy handler
+would sleep and poll (seconds of tail latency under load). Everything a transaction decides from
+shared state (the dedup bucket, the next log id) is read inside it, under that lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
+import os
 import queue
 import sqlite3
 import struct
@@ -41,6 +50,7 @@ import structlog
 log = structlog.get_logger("trackrelay.spool")
 
 DB_NAME = "spool.db"
+LOCK_NAME = "spool.lock"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -100,6 +110,7 @@ class IngestItem:
 
 
 _LENGTHS = struct.Struct(">II")
+_LOG_ID = struct.Struct("<q")
 
 
 def encode_records(items: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -223,8 +234,10 @@ class Spool:
         self.retention = retention
         self.path.mkdir(parents=True, exist_ok=True)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._lock_fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         self._conn = connect(self.path, durability)
-        self._conn.executescript(SCHEMA)
+        with self._write_lock():
+            self._conn.executescript(SCHEMA)
         self._reader = connect(self.path, durability)
         self._reader_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -232,9 +245,9 @@ class Spool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.full = False
         self.size_bytes = 0
-        meta = dict(self._conn.execute("SELECT k, v FROM meta").fetchall())
-        self._bucket = int(meta.get("seen_bucket", "0"))
-        self._bucket_started = float(meta.get("seen_bucket_started", "0")) or time.time()
+        # set in an ingest-only worker process: each commit's last log id is written here (8 bytes)
+        # so the process running delivery learns of new rows at once
+        self.notify_fd: int | None = None
         self.last_log_id = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0]
         self._refresh_size()
         self.commits = 0
@@ -253,6 +266,15 @@ class Spool:
             self._thread = None
         self._conn.close()
         self._reader.close()
+        os.close(self._lock_fd)
+
+    @contextlib.contextmanager
+    def _write_lock(self):
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # blocks in the kernel with the GIL released
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @property
     def alive(self) -> bool:
@@ -267,6 +289,12 @@ class Spool:
     def _notify(self) -> None:
         for event in self._listeners:
             event.set()
+
+    def observe_commit(self, log_id: int) -> None:
+        """Rows up to ``log_id`` were committed by another process (an ingest worker)."""
+        if log_id > self.last_log_id:
+            self.last_log_id = log_id
+            self._notify()
 
     # -- the writer thread ----------------------------------------------------------------------
 
@@ -291,6 +319,24 @@ class Spool:
             appends = [item for item in batch if item.append is not None]
             others = [item for item in batch if item.append is None]
             try:
+                self._transaction(conn, appends, others, results)
+            except Exception as exc:  # the commit itself failed: every op in the group fails
+                log.error("spool_commit_failed", error=repr(exc))
+                results = [(item, None, exc) for item in batch]
+            by_loop: dict[Any, list] = {}
+            for item, value, error in results:
+                if item.future is not None and item.loop is not None:
+                    by_loop.setdefault(item.loop, []).append((item.future, value, error))
+            for loop, res in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, res)
+                except RuntimeError:  # loop closed during shutdown
+                    pass
+
+    def _transaction(self, conn: sqlite3.Connection, appends: list[_Op], others: list[_Op],
+                     results: list[tuple[Any, Any, BaseException | None]]) -> None:
+        with self._write_lock():
+            try:
                 conn.execute("BEGIN IMMEDIATE")
                 if appends:
                     # all requests of the group in a handful of statements: every statement costs
@@ -310,22 +356,10 @@ class Spool:
                         results.append((item, None, exc))
                 conn.execute("COMMIT")
                 self.commits += 1
-            except Exception as exc:  # the commit itself failed: every op in the group fails
-                log.error("spool_commit_failed", error=repr(exc))
-                try:
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                results = [(item, None, exc) for item in batch]
-            by_loop: dict[Any, list] = {}
-            for item, value, error in results:
-                if item.future is not None and item.loop is not None:
-                    by_loop.setdefault(item.loop, []).append((item.future, value, error))
-            for loop, res in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_resolve, res)
-                except RuntimeError:  # loop closed during shutdown
-                    pass
+                raise
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -348,10 +382,13 @@ class Spool:
             # only now, after the commit, may readers look for it
             self.last_log_id = max(self.last_log_id, result.log_id or 0)
             self._notify()
+            if self.notify_fd is not None:
+                with contextlib.suppress(OSError):  # a full pipe: the reader's periodic poll catches up
+                    os.write(self.notify_fd, _LOG_ID.pack(result.log_id or 0))
         return result
 
     def _append_many(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[IngestResult]:
-        self._maybe_rotate(conn, max(a.received_at for a in appends))
+        bucket = self._maybe_rotate(conn, max(a.received_at for a in appends))
         hashes = [it.dedup for a in appends for it in a.items]
         seen: set[int] = set()
         for i in range(0, len(hashes), 900):
@@ -378,23 +415,29 @@ class Spool:
             results.append(IngestResult(len(keep), len(a.items) - len(keep), next_id))
             next_id += 1
         if new_hashes:
-            conn.executemany(f"INSERT OR IGNORE INTO seen_{self._bucket} (h) VALUES (?)", new_hashes)
+            conn.executemany(f"INSERT OR IGNORE INTO seen_{bucket} (h) VALUES (?)", new_hashes)
         if rows:
             conn.executemany(
                 "INSERT INTO log (id, received_at, source, key_index, count, payload) VALUES (?,?,?,?,?,?)", rows)
         return results
 
-    def _maybe_rotate(self, conn: sqlite3.Connection, now: float) -> None:
-        if now - self._bucket_started < self.dedup_window:
-            return
-        # The other bucket is older than one window: empty it and make it current.
-        other = 1 - self._bucket
-        conn.execute(f"DELETE FROM seen_{other}")
-        self._bucket, self._bucket_started = other, now
+    def _maybe_rotate(self, conn: sqlite3.Connection, now: float) -> int:
+        """The current dedup bucket, rotated first when its window is over. Read in the
+        transaction: another process may have rotated since this one last looked."""
+        meta = dict(conn.execute("SELECT k, v FROM meta WHERE k IN ('seen_bucket', 'seen_bucket_started')"))
+        bucket = int(meta.get("seen_bucket", "0"))
+        started = float(meta["seen_bucket_started"]) if "seen_bucket_started" in meta else None
+        if started is not None and now - started < self.dedup_window:
+            return bucket
+        if started is not None:
+            # The other bucket is older than one window: empty it and make it current.
+            bucket = 1 - bucket
+            conn.execute(f"DELETE FROM seen_{bucket}")
         conn.executemany(
             "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
-            [("seen_bucket", str(other)), ("seen_bucket_started", repr(now))],
+            [("seen_bucket", str(bucket)), ("seen_bucket_started", repr(now))],
         )
+        return bucket
 
     # -- reading (delivery side) ----------------------------------------------------------------
 

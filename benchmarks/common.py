@@ -171,6 +171,34 @@ def proc_cpu(pid: int) -> float:
         return 0.0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a server with worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its live descendants."""
+    return sum(proc_cpu(p) for p in process_tree(pid))
+
+
+def tree_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM summed over a process and its descendants (each process's own peak)."""
+    out: dict[str, int] = {}
+    for p in process_tree(pid):
+        for k, v in proc_status(p).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def system_busy() -> float:
     """CPU seconds spent not idle by the whole machine so far (all cores, /proc/stat)."""
     with open("/proc/stat") as f:
@@ -187,19 +215,19 @@ def children_cpu() -> float:
 
 
 class CpuMeter:
-    """Cores used during an interval: by the server process, by load generators we waited for
+    """Cores used during an interval: by the server process (and its workers), by load generators we waited for
     (reaped children), and by everything else on the machine (other people's jobs, kernel)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
     def __enter__(self) -> "CpuMeter":
-        self.t0, self.s0, self.b0, self.c0 = time.monotonic(), proc_cpu(self.pid), system_busy(), children_cpu()
+        self.t0, self.s0, self.b0, self.c0 = time.monotonic(), tree_cpu(self.pid), system_busy(), children_cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.monotonic() - self.t0
-        self.server = (proc_cpu(self.pid) - self.s0) / wall
+        self.server = (tree_cpu(self.pid) - self.s0) / wall
         self.loadgen = (children_cpu() - self.c0) / wall
         self.busy = (system_busy() - self.b0) / wall
         self.other = max(0.0, self.busy - self.server - self.loadgen)
@@ -419,9 +447,14 @@ def _ready_route(app: Any) -> None:
     app.router.add_get("/__ready", ready)
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, workers: int = 1) -> None:
     """The baseline: the same aiohttp (and uvloop, as trackrelay) reading the body and answering 200
-    with trackrelay's success body, without parsing anything."""
+    with trackrelay's success body, without parsing anything; with ``workers`` > 1, that many
+    processes accepting on one inherited listening socket, as trackrelay's server.workers."""
+    sock = socket.create_server(("127.0.0.1", port), backlog=2048)
+    for _ in range(workers - 1):
+        if os.fork() == 0:
+            break
     _install_uvloop()
     from aiohttp import web
 
@@ -432,7 +465,7 @@ def serve_bare(port: int) -> None:
     app = web.Application(client_max_size=2 * 1024 * 1024)
     _ready_route(app)
     app.router.add_post("/v1/{call}", handle)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(app, sock=sock, access_log=None, print=None)
 
 
 def serve_receiver(port: int) -> None:
@@ -631,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("bare", "receiver"):
         p = sub.add_parser(name)
         p.add_argument("--port", type=int, required=True)
+        if name == "bare":
+            p.add_argument("--workers", type=int, default=1)
     p = sub.add_parser("load")
     p.add_argument("--url", required=True)
     p.add_argument("--per", type=int, default=1)
@@ -654,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.cmd == "bare":
-        serve_bare(args.port)
+        serve_bare(args.port, args.workers)
     elif args.cmd == "receiver":
         serve_receiver(args.port)
     else:

@@ -2,10 +2,16 @@
 
 Runs, one after another on this machine (no pinning):
   bare            aiohttp + uvloop (as trackrelay) that reads the body and answers 200, no parsing
-  trackrelay      durability full, no destinations
+  bare/2          the same in 2 processes on one listening socket (as server.workers: 2)
+  trackrelay      durability full, no destinations, one process (server.workers: 1, the default)
+  trackrelay/2    the same with server.workers: 2 (a second process that only ingests)
   trackrelay+dest durability full, one webhook destination to a closed port with an hour of backoff:
                   every event is routed and queued for it (routing cost included); after the first
-                  failed batch the worker pauses, so no sending cost is included
+                  failed batch the worker pauses, so no sending cost is included (also /2)
+
+The issue's targets compare with the one-process bare server; the ratio to the bare server with
+the same number of processes is printed too. CPU and RSS figures of a multi-process server are
+summed over its processes.
 
 Load: wrk, 2 threads, 64 connections, a Lua script POSTing a ~1.1 KB Segment track event with a
 unique messageId per event, to /v1/track (one event) or /v1/batch (100 events); a short warm-up,
@@ -40,7 +46,7 @@ from common import (  # noqa: E402
     Procs,
     free_port,
     have_wrk,
-    proc_status,
+    tree_status,
     run_wrk,
     spool_counts,
     start_helper,
@@ -67,30 +73,34 @@ def load(url: str, workdir: Path, mode: str, run_id: str, duration: float, args:
     return json.loads(out.read_text())
 
 
+KINDS = ["bare", "bare/2", "trackrelay", "trackrelay/2", "trackrelay+dest", "trackrelay+dest/2"]
+
+
 def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     per = MODES[mode]
-    tag = f"{kind}-{mode}"
+    tag = f"{kind.replace('/', '-w')}-{mode}"
     data_dir = workdir / f"data-{tag}"
-    if kind == "bare":
-        proc, url = start_helper(procs, workdir, "bare")
+    workers = int(kind.split("/")[1]) if "/" in kind else 1
+    if kind.startswith("bare"):
+        proc, url = start_helper(procs, workdir, "bare", "--workers", str(workers))
     else:
         destinations: list[dict[str, Any]] = []
-        if kind == "trackrelay+dest":
+        if kind.startswith("trackrelay+dest"):
             destinations = [{
                 "name": "hook", "type": "webhook",
                 "settings": {"url": f"http://127.0.0.1:{free_port()}/hook", "batch_size": 500},
                 "delivery": {"inflight_retries": 0, "backoff_initial": 3600, "backoff_max": 3600,
                              "timeout": 5},
             }]
-        proc, url = start_trackrelay(procs, workdir, tag, data_dir, destinations)
+        proc, url = start_trackrelay(procs, workdir, tag, data_dir, destinations, server={"workers": workers})
     warm = load(url, workdir, mode, f"w{tag}", args.warmup, args)
     with CpuMeter(proc.pid) as cpu:
         main = load(url, workdir, mode, f"m{tag}", args.duration, args)
-    mem = proc_status(proc.pid)
+    mem = tree_status(proc.pid)
     procs.stop(proc)
     secs = main["duration_us"] / 1e6
     res: dict[str, Any] = {
-        "kind": kind, "mode": mode, "per": per,
+        "kind": kind, "mode": mode, "per": per, "workers": workers,
         "rps": main["requests"] / secs, "eps": main["ok"] * per / secs,
         "p50_ms": main["p50_us"] / 1000, "p99_ms": main["p99_us"] / 1000, "max_ms": main["max_us"] / 1000,
         "hwm": mem.get("VmHWM", 0), "rss": mem.get("VmRSS", 0),
@@ -98,7 +108,7 @@ def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.
         "ok_events": (warm["ok"] + main["ok"]) * per,
         "cpu_server": cpu.server, "cpu_loadgen": cpu.loadgen, "cpu_other": cpu.other,
     }
-    if kind != "bare":
+    if not kind.startswith("bare"):
         counts = spool_counts(data_dir)
         res["stored"] = counts["events"]
         extra = counts["events"] - res["ok_events"]
@@ -108,7 +118,7 @@ def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.
         res["spool_extra"] = extra
         if not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"  {kind:16} {mode:6}  {res['rps']:9.0f} req/s  {res['eps']:10.0f} events/s  "
+    print(f"  {kind:18} {mode:6}  {res['rps']:9.0f} req/s  {res['eps']:10.0f} events/s  "
           f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:7.2f} ms  peak RSS {res['hwm'] / 2**20:6.1f} MB  "
           f"cores: server {cpu.server:.2f} loadgen {cpu.loadgen:.2f} other {cpu.other:.2f}"
           + (f"  stored {res['stored']} (200s x events: {res['ok_events']})" if "stored" in res else ""),
@@ -123,7 +133,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, spools)")
-    ap.add_argument("--only", choices=["bare", "trackrelay", "trackrelay+dest"], action="append")
+    ap.add_argument("--only", choices=KINDS, action="append")
     args = ap.parse_args()
     args.wrk = have_wrk() is not None
     workdir = Path(tempfile.mkdtemp(prefix="trackrelay-bench-ingest-"))
@@ -136,7 +146,7 @@ def main() -> int:
     print(f"code: {code_version()}; machine: {machine()}", flush=True)
     results: list[dict[str, Any]] = []
     try:
-        for kind in args.only or ["bare", "trackrelay", "trackrelay+dest"]:
+        for kind in args.only or KINDS:
             for mode in MODES:
                 results.append(bench_one(procs, workdir, kind, mode, args))
     finally:
@@ -144,43 +154,48 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    bare = {r["mode"]: r for r in results if r["kind"] == "bare"}
+    bare = {(r["mode"], r["workers"]): r for r in results if r["kind"].startswith("bare")}
     print()
-    print("Summary (durability full; events ~1.1 KB; batch = 100 events)")
-    header = (f"{'server':17}{'load':8}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS':>10}"
-              f"{'vs bare':>9}{'cores srv/gen/other':>21}  spool check")
+    print("Summary (durability full; events ~1.1 KB; batch = 100 events; /2 = 2 processes)")
+    header = (f"{'server':19}{'load':8}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS':>10}"
+              f"{'vs bare':>9}{'vs bare/n':>10}{'cores srv/gen/other':>21}  spool check")
     print(header)
     print("-" * (len(header) + 20))
+
+    def ratio(r: dict[str, Any], b: dict[str, Any] | None) -> str:
+        if not b or r["kind"].startswith("bare"):
+            return ""
+        return f"{(r['rps'] / b['rps']) if r['mode'] == 'single' else (r['eps'] / b['eps']):.2f}"
+
     for r in results:
-        b = bare.get(r["mode"])
-        ratio = ""
-        if b and r["kind"] != "bare":
-            ratio = f"{(r['rps'] / b['rps']) if r['mode'] == 'single' else (r['eps'] / b['eps']):.2f}"
         check = ""
         if "stored" in r:
             check = (f"{'OK' if r['spool_ok'] else 'MISMATCH'}: {r['stored']} stored, "
                      f"{r['ok_events']} answered 200 (+{r['spool_extra']} in flight at stop)")
         errs = f"  errors {r['errors']}" if r["errors"] else ""
-        print(f"{r['kind']:17}{r['mode']:8}{r['rps']:9.0f}{r['eps']:11.0f}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}"
-              f"{r['hwm'] / 2**20:8.1f}MB{ratio:>9}"
+        print(f"{r['kind']:19}{r['mode']:8}{r['rps']:9.0f}{r['eps']:11.0f}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}"
+              f"{r['hwm'] / 2**20:8.1f}MB{ratio(r, bare.get((r['mode'], 1))):>9}"
+              f"{ratio(r, bare.get((r['mode'], r['workers']))):>10}"
               f"{r['cpu_server']:9.2f}/{r['cpu_loadgen']:.2f}/{r['cpu_other']:.2f}  {check}{errs}")
     print()
     print("trackrelay+dest = one webhook destination (closed port, paused after its first failure): "
           "routing and queueing cost included, sending not.")
-    print("cores = CPU cores used during the measured run by the server process, by the load generator, "
+    print("vs bare = against the one-process bare server (the issue's baseline); vs bare/n = against the bare "
+          "server with as many processes.")
+    print("cores = CPU cores used during the measured run by the server's processes, by the load generator, "
           "and by everything else on the machine (other jobs, kernel); 'other' well above 0 means the figures are "
           "depressed by a busy machine.")
     print("Targets (2 cores, durability full):")
     for r in results:
-        if r["kind"] == "bare":
+        if r["kind"].startswith("bare"):
             continue
-        b = bare.get(r["mode"])
+        b = bare.get((r["mode"], 1))
         if r["mode"] == "single" and b:
-            ratio = r["rps"] / b["rps"]
-            print(f"  {r['kind']:16} single events >= 0.6 x bare req/s: {ratio:.2f} x "
-                  f"({r['rps']:.0f} vs {b['rps']:.0f})  {'met' if ratio >= 0.6 else 'MISSED'}")
+            x = r["rps"] / b["rps"]
+            print(f"  {r['kind']:18} single events >= 0.6 x bare req/s: {x:.2f} x "
+                  f"({r['rps']:.0f} vs {b['rps']:.0f})  {'met' if x >= 0.6 else 'MISSED'}")
         elif r["mode"] == "batch":
-            print(f"  {r['kind']:16} batches >= 60,000 events/s: {r['eps']:,.0f}  "
+            print(f"  {r['kind']:18} batches >= 60,000 events/s: {r['eps']:,.0f}  "
                   f"{'met' if r['eps'] >= 60000 else 'MISSED'}")
     print(f"(total {time.monotonic() - started:.0f} s; {machine()})")
     return 0

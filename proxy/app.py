@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from urllib.parse import urlsplit
 
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.config import Config
 from proxy.delivery.engine import DeliveryEngine
@@ -21,6 +22,7 @@ from proxy.ingest import Ingest, error
 from proxy.metrics import METRICS
 from proxy.routing import Router
 from proxy.spool.sqlite import Spool
+from proxy.workers import Supervisor
 
 log = structlog.get_logger("trackrelay.app")
 
@@ -134,38 +136,56 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     spool = request.app[SPOOL]
-    engine = request.app[ENGINE]
+    engine = request.app.get(ENGINE)
     problems = []
     if not spool.alive:
         problems.append("spool writer not running")
-    problems += engine.problems()
+    if engine is not None:
+        problems += engine.problems()
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready", "spool_full": spool.full})
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    spool, engine = request.app[SPOOL], request.app[ENGINE]
+async def update_gauges(app: web.Application) -> None:
+    spool, engine = app[SPOOL], app.get(ENGINE)
     METRICS.spool_bytes.set(spool.size_bytes)
+    if engine is None:
+        return
     retries = dict(await spool.read(lambda conn: conn.execute(
         "SELECT dest, COUNT(*) FROM retry GROUP BY dest").fetchall()))
     for worker in engine.workers:
         worker.update_gauges()
         METRICS.retry_queue.labels(worker.name).set(retries.get(worker.name, 0))
-    return web.Response(body=generate_latest(METRICS.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    await update_gauges(request.app)
+    return web.Response(body=METRICS.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def maintenance(app: web.Application) -> None:
-    spool, engine = app[SPOOL], app[ENGINE]
+    """Every 2 s: the delivery process drops delivered rows past retention and refreshes the
+    gauges (a scrape may reach an ingest worker, which only reads them); an ingest worker
+    re-reads the spool size so it answers 429 when the spool is full."""
+    spool, engine = app[SPOOL], app.get(ENGINE)
     while True:
         await asyncio.sleep(2.0)
         try:
-            await spool.maintain(engine.active_destinations())
+            if engine is None:
+                await spool.refresh()
+            else:
+                await spool.maintain(engine.active_destinations())
+                await update_gauges(app)
         except Exception as exc:
             log.error("maintenance_failed", error=repr(exc))
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, role: str = "main", config_path: str | None = None,
+               sock: socket.socket | None = None, notify_fd: int | None = None) -> web.Application:
+    """The server. ``role`` "main" runs ingest, delivery and maintenance, and with
+    ``server.workers`` > 1 (given ``config_path`` and the listening ``sock``) starts and watches
+    the ingest workers; "ingest" is such a worker: ingest only, reporting commits on ``notify_fd``."""
     limit = config.limits.max_request_bytes
     # Bodies are decompressed by ingest itself, with a cap, so a gzip bomb is refused cheaply.
     app = web.Application(middlewares=make_middlewares(config), client_max_size=limit + limit // 10 + 1024,
@@ -173,9 +193,15 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     spool = Spool(config.storage.path, config.storage.durability, config.storage.dedup_window,
                   config.storage.max_bytes, config.storage.retention)
+    spool.notify_fd = notify_fd
     app[SPOOL] = spool
     app[INGEST] = ingest = Ingest(config, spool, Router(config.destinations))
-    app[ENGINE] = engine = DeliveryEngine(config, spool)
+    engine = None
+    if role == "main":
+        app[ENGINE] = engine = DeliveryEngine(config, spool)
+    supervisor = None
+    if role == "main" and config.server.workers > 1 and sock is not None and config_path is not None:
+        supervisor = Supervisor(config_path, config.server.workers - 1, sock, spool, config.server.shutdown_grace)
 
     app.router.add_route("POST", "/v1/{call}", ingest.handle)
     app.router.add_get("/v1/projects/{write_key}/settings", settings_handler)
@@ -185,17 +211,24 @@ def create_app(config: Config) -> web.Application:
 
     async def lifecycle(app: web.Application):
         spool.start()
-        await engine.start()
+        if engine is not None:
+            await engine.start()
+        if supervisor is not None:
+            await supervisor.start()
         task = asyncio.create_task(maintenance(app))
-        log.info("started", destinations=[d.name for d in config.destinations if d.enabled],
-                 sources=[s.name for s in config.sources], spool=str(config.storage.path))
+        log.info("started", role=role, destinations=[d.name for d in config.destinations if d.enabled],
+                 sources=[s.name for s in config.sources], spool=str(config.storage.path),
+                 workers=config.server.workers if role == "main" else None)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await engine.stop(config.server.shutdown_grace)
+        if supervisor is not None:  # the workers' last commits reach delivery before it stops
+            await supervisor.stop()
+        if engine is not None:
+            await engine.stop(config.server.shutdown_grace)
         await spool.close()
-        log.info("stopped")
+        log.info("stopped", role=role)
 
     app.cleanup_ctx.append(lifecycle)
     return app

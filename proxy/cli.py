@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,25 +47,70 @@ def _load(path: str) -> Config:
         sys.exit(2)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if args.host:
-        config.server.host = args.host
-    if args.port is not None:
-        config.server.port = args.port
+def _server_setup(config: Config) -> None:
     setup_logging(config.logging.level, config.logging.format)
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.host:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    _server_setup(config)
+    sock = None
+    metrics_dir = None
+    if config.server.workers > 1:
+        from proxy.workers import listen_socket
+
+        # before proxy.metrics is imported anywhere: every process keeps its values in files there
+        metrics_dir = tempfile.mkdtemp(prefix="trackrelay-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        sock = listen_socket(config.server.host, config.server.port)
     from aiohttp import web
 
     from proxy.app import create_app
 
-    app = create_app(config)
-    web.run_app(app, host=config.server.host, port=config.server.port, access_log=None, print=None,
-                shutdown_timeout=config.server.shutdown_grace, reuse_port=False)
+    app = create_app(config, role="main", config_path=args.config, sock=sock)
+    try:
+        if sock is not None:
+            web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
+        else:
+            web.run_app(app, host=config.server.host, port=config.server.port, access_log=None, print=None,
+                        shutdown_timeout=config.server.shutdown_grace, reuse_port=False)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def cmd_ingest_worker(args: argparse.Namespace) -> int:
+    """An ingest worker process, started by ``serve`` when server.workers > 1 (not for direct use)."""
+    import asyncio
+
+    config = _load(args.config)
+    _server_setup(config)
+    structlog.contextvars.bind_contextvars(worker=args.index)
+    from aiohttp import web
+
+    from proxy.app import create_app
+    from proxy.workers import listen_socket, watch_parent
+
+    os.set_blocking(args.notify_fd, False)
+    sock = listen_socket(args.host, args.port)
+    app = create_app(config, role="ingest", notify_fd=args.notify_fd)
+
+    async def parent_watch(app: web.Application):
+        watch_parent(asyncio.get_running_loop())
+        yield
+
+    app.cleanup_ctx.insert(0, parent_watch)
+    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
     return 0
 
 
@@ -188,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("ingest-worker", help=argparse.SUPPRESS)
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--host", required=True)
+    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--notify-fd", type=int, required=True)
+    worker.add_argument("--index", type=int, default=1)
+    worker.set_defaults(func=cmd_ingest_worker)
 
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("--config", required=True)

@@ -71,6 +71,11 @@ class ServerConfig(_Model):
         [], description="Peers (IPs or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are trusted."
     )
     shutdown_grace: float = Field(10.0, description="Seconds to finish in-flight work on SIGTERM.")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Server processes sharing the port. The first also runs delivery; the others only "
+                    "ingest. Set it to the number of cores for throughput.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

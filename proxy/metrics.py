@@ -1,11 +1,20 @@
 """Counters and gauges for every outcome (Prometheus exposition at GET /metrics).
 
 Reasons are short codes (bounded label values); free-text details go to the log line instead.
+
+With ``server.workers`` > 1 the serve command sets PROMETHEUS_MULTIPROC_DIR before this module is
+imported, so prometheus-client keeps every process's values in files there and any process can
+answer a scrape with the sum over all of them (prometheus-client's multiprocess mode). The gauges
+are set by the delivery process only; ``mostrecent`` reports its latest value.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class Metrics:
@@ -25,9 +34,18 @@ class Metrics:
             "trackrelay_delivery_latency_seconds", "receivedAt to delivery.", ["destination"], registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
-        self.backlog = Gauge("trackrelay_destination_backlog_rows", "Spool log rows not yet read by the destination.", ["destination"], registry=r)
-        self.retry_queue = Gauge("trackrelay_destination_retry_events", "Events waiting for a durable retry.", ["destination"], registry=r)
-        self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r)
+        self.backlog = Gauge("trackrelay_destination_backlog_rows", "Spool log rows not yet read by the destination.", ["destination"], registry=r,
+                             multiprocess_mode="mostrecent")
+        self.retry_queue = Gauge("trackrelay_destination_retry_events", "Events waiting for a durable retry.", ["destination"],
+                                 registry=r, multiprocess_mode="mostrecent")
+        self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r, multiprocess_mode="mostrecent")
+
+    def exposition(self) -> bytes:
+        if not MULTIPROCESS:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 METRICS = Metrics()

@@ -389,16 +389,16 @@ class Spool:
 
     def _append_many(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[IngestResult]:
         bucket = self._maybe_rotate(conn, max(a.received_at for a in appends))
-        hashes = [it.dedup for a in appends for it in a.items]
+        # Hashes go to SQLite as one JSON array per statement (json_each), not one row per step:
+        # every step releases and re-takes the GIL, a hand-off with the busy event loop each time.
+        hashes = orjson.dumps([it.dedup for a in appends for it in a.items])
         seen: set[int] = set()
-        for i in range(0, len(hashes), 900):
-            chunk = hashes[i:i + 900]
-            marks = ",".join("?" * len(chunk))
-            for table in ("seen_0", "seen_1"):
-                seen.update(h for (h,) in conn.execute(f"SELECT h FROM {table} WHERE h IN ({marks})", chunk))
+        for table in ("seen_0", "seen_1"):
+            seen.update(h for (h,) in conn.execute(
+                f"SELECT h FROM {table} WHERE h IN (SELECT value FROM json_each(?))", (hashes,)))
         next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0] + 1
         rows: list[tuple] = []
-        new_hashes: list[tuple[int]] = []
+        new_hashes: list[int] = []
         results: list[IngestResult] = []
         for a in appends:
             keep: list[tuple[bytes, bytes]] = []
@@ -407,7 +407,7 @@ class Spool:
                     continue
                 seen.add(it.dedup)  # duplicates inside the group
                 keep.append((it.header, it.event))
-                new_hashes.append((it.dedup,))
+                new_hashes.append(it.dedup)
             if not keep:
                 results.append(IngestResult(0, len(a.items), None))
                 continue
@@ -415,7 +415,8 @@ class Spool:
             results.append(IngestResult(len(keep), len(a.items) - len(keep), next_id))
             next_id += 1
         if new_hashes:
-            conn.executemany(f"INSERT OR IGNORE INTO seen_{bucket} (h) VALUES (?)", new_hashes)
+            conn.execute(f"INSERT OR IGNORE INTO seen_{bucket} (h) SELECT value FROM json_each(?)",
+                         (orjson.dumps(new_hashes),))
         if rows:
             conn.executemany(
                 "INSERT INTO log (id, received_at, source, key_index, count, payload) VALUES (?,?,?,?,?,?)", rows)
@@ -525,8 +526,16 @@ class Spool:
             return cur.rowcount
 
         dropped = await self.submit(op)
-        await asyncio.to_thread(self._read, lambda conn: self._refresh_size())
+        await self.refresh()
         return dropped
+
+    async def refresh(self) -> None:
+        """Re-read the spool's size (``full``) and the newest log id: rows committed by other
+        processes are noticed here even if their notification was lost."""
+        def op(conn: sqlite3.Connection) -> int:
+            self._refresh_size()
+            return conn.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0]
+        self.observe_commit(await asyncio.to_thread(self._read, op))
 
 
 def read_all_events(path: str | Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from proxy.workers import Supervisor
 log = structlog.get_logger("trackrelay.app")
 
 SPOOL = web.AppKey("spool", Spool)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
 ENGINE = web.AppKey("engine", DeliveryEngine)
 INGEST = web.AppKey("ingest", Ingest)
 CONFIG = web.AppKey("config", Config)
@@ -142,6 +143,8 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("spool writer not running")
     if engine is not None:
         problems += engine.problems()
+    if SUPERVISOR in request.app:
+        problems += request.app[SUPERVISOR].problems()
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready", "spool_full": spool.full})
@@ -201,7 +204,8 @@ def create_app(config: Config, *, role: str = "main", config_path: str | None = 
         app[ENGINE] = engine = DeliveryEngine(config, spool)
     supervisor = None
     if role == "main" and config.server.workers > 1 and sock is not None and config_path is not None:
-        supervisor = Supervisor(config_path, config.server.workers - 1, sock, spool, config.server.shutdown_grace)
+        app[SUPERVISOR] = supervisor = Supervisor(config_path, config.server.workers - 1, sock, spool,
+                                                  config.server.shutdown_grace)
 
     app.router.add_route("POST", "/v1/{call}", ingest.handle)
     app.router.add_get("/v1/projects/{write_key}/settings", settings_handler)

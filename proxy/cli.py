@@ -99,7 +99,7 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from proxy.app import create_app
-    from proxy.workers import listen_socket, watch_parent
+    from proxy.workers import listen_socket, report_ready, watch_parent
 
     os.set_blocking(args.notify_fd, False)
     sock = listen_socket(args.host, args.port)
@@ -109,7 +109,11 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
         watch_parent(asyncio.get_running_loop())
         yield
 
+    async def ready(app: web.Application) -> None:  # the socket listens already: connections queue
+        report_ready(args.notify_fd, args.index)
+
     app.cleanup_ctx.insert(0, parent_watch)
+    app.on_startup.append(ready)
     web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
     return 0
 

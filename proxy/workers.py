@@ -65,6 +65,7 @@ class Supervisor:
         os.set_blocking(self._notify_r, False)
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self.ready: set[int] = set()  # worker indexes that reported being up
 
     def _spawn(self, index: int) -> subprocess.Popen:
         host, port = self.sock.getsockname()[:2]
@@ -75,6 +76,7 @@ class Supervisor:
             pass_fds=(notify,), stdin=subprocess.PIPE, close_fds=True,
             start_new_session=True,  # a terminal's Ctrl-C reaches the main process, which stops them
         )
+        self.ready.discard(index + 1)
         log.info("worker_started", worker=index + 1, pid=proc.pid)
         return proc
 
@@ -84,8 +86,13 @@ class Supervisor:
         except BlockingIOError:
             return
         usable = len(data) - len(data) % _LOG_ID.size
-        if usable:
-            self.spool.observe_commit(max(v for (v,) in _LOG_ID.iter_unpack(data[:usable])))
+        newest = 0
+        for (value,) in _LOG_ID.iter_unpack(data[:usable]):
+            if value < 0:  # a worker reporting that it is up: -index
+                self.ready.add(-value)
+            newest = max(newest, value)
+        if newest:
+            self.spool.observe_commit(newest)
 
     async def start(self) -> None:
         asyncio.get_running_loop().add_reader(self._notify_r, self._on_notify)
@@ -107,8 +114,9 @@ class Supervisor:
                 restarts[i] = time.monotonic()
                 self.procs[i] = self._spawn(i)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p is not None and p.poll() is None]
+    def problems(self) -> list[str]:
+        return [f"ingest worker {i + 1} not up" for i, p in enumerate(self.procs)
+                if p is None or p.poll() is not None or (i + 1) not in self.ready]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -135,6 +143,11 @@ class Supervisor:
         self._on_notify()  # the last commits of the workers that just stopped
         os.close(self._notify_r)
         os.close(self._notify_w)
+
+
+def report_ready(notify_fd: int, index: int) -> None:
+    """In a worker, once it serves: tell the main process (its /readyz waits for every worker)."""
+    os.write(notify_fd, _LOG_ID.pack(-index))
 
 
 def watch_parent(loop: asyncio.AbstractEventLoop) -> None:

@@ -101,6 +101,15 @@ class TrackRelay:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def worker_pids(self) -> list[int]:
+        """The ingest worker processes (server.workers > 1) of the running server."""
+        assert self.proc is not None
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

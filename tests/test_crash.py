@@ -4,6 +4,8 @@ event that got a 200 is in the spool."""
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import threading
 import time
 
@@ -36,9 +38,11 @@ def _load(port: int, prefix: str, acked: list[str], stop: threading.Event, batch
             acked.extend(mids)
 
 
-@pytest.mark.parametrize("cycles", [3])
-def test_sigkill_loses_no_acknowledged_event(tmp_path, cycles):
-    tr = TrackRelay(tmp_path, destinations=[
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_loses_no_acknowledged_event(tmp_path, workers, cycles=3):
+    """With server.workers: 2 every process is SIGKILLed at the same moment, as a machine or
+    container crash would: requests two processes were committing concurrently."""
+    tr = TrackRelay(tmp_path, server={"workers": workers}, destinations=[
         {"name": "hook", "type": "webhook", "settings": {"url": "http://127.0.0.1:9/x"},
          "delivery": {"backoff_initial": 600}}])
     acked: list[str] = []
@@ -53,6 +57,8 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path, cycles):
             for t in threads:
                 t.start()
             time.sleep(1.0 + 0.37 * cycle)  # kill at a different point each cycle
+            for pid in tr.worker_pids():
+                os.kill(pid, signal.SIGKILL)
             tr.kill()
             stop.set()
             for t in threads:

@@ -195,6 +195,13 @@ class _Append:
     key_index: int
     received_at: float
     items: list[IngestItem]
+    hashes: list[int] | None = None
+    payload: bytes = b""
+
+    def prepare(self) -> None:
+        """The log payload as if no item were a duplicate (the usual case), built outside the lock."""
+        self.hashes = [it.dedup for it in self.items]
+        self.payload = encode_records((it.header, it.event) for it in self.items)
 
 
 def _resolve(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
@@ -319,6 +326,8 @@ class Spool:
             appends = [item for item in batch if item.append is not None]
             others = [item for item in batch if item.append is None]
             try:
+                for item in appends:
+                    item.append.prepare()
                 self._transaction(conn, appends, others, results)
             except Exception as exc:  # the commit itself failed: every op in the group fails
                 log.error("spool_commit_failed", error=repr(exc))
@@ -388,46 +397,53 @@ class Spool:
         return result
 
     def _append_many(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[IngestResult]:
-        bucket = self._maybe_rotate(conn, max(a.received_at for a in appends))
-        # Hashes go to SQLite as one JSON array per statement (json_each), not one row per step:
-        # every step releases and re-takes the GIL, a hand-off with the busy event loop each time.
-        hashes = orjson.dumps([it.dedup for a in appends for it in a.items])
-        seen: set[int] = set()
-        for table in ("seen_0", "seen_1"):
-            seen.update(h for (h,) in conn.execute(
-                f"SELECT h FROM {table} WHERE h IN (SELECT value FROM json_each(?))", (hashes,)))
-        next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0] + 1
-        rows: list[tuple] = []
-        new_hashes: list[int] = []
+        """Dedup and store a commit group. This runs under the cross-process write lock, so it
+        keeps round trips to SQLite few: each releases the GIL and must wait to take it back from
+        the busy event loop while the other processes wait for the lock. Payloads and the hash
+        array were built before the lock was taken (``_Append.prepare``)."""
+        now = max(a.received_at for a in appends)
+        bucket, started, last_id = conn.execute(
+            "SELECT (SELECT v FROM meta WHERE k = 'seen_bucket'), (SELECT v FROM meta WHERE k = 'seen_bucket_started'),"
+            " (SELECT COALESCE(MAX(id), 0) FROM log)").fetchone()
+        bucket = self._rotate(conn, int(bucket or 0), float(started) if started else None, now)
+        hashes = orjson.dumps([h for a in appends for h in a.hashes])
+        seen = {h for (h,) in conn.execute(
+            "SELECT h FROM seen_0 WHERE h IN (SELECT value FROM json_each(?1)) UNION ALL "
+            "SELECT h FROM seen_1 WHERE h IN (SELECT value FROM json_each(?1))", (hashes,))}
+        next_id = last_id + 1
+        rows: list[Any] = []
         results: list[IngestResult] = []
         for a in appends:
-            keep: list[tuple[bytes, bytes]] = []
-            for it in a.items:
-                if it.dedup in seen:
-                    continue
-                seen.add(it.dedup)  # duplicates inside the group
-                keep.append((it.header, it.event))
-                new_hashes.append(it.dedup)
-            if not keep:
+            unique = set(a.hashes)
+            if len(unique) == len(a.hashes) and seen.isdisjoint(unique):
+                payload, kept = a.payload, len(a.items)  # the common case: nothing seen before
+                seen |= unique
+            else:
+                keep: list[tuple[bytes, bytes]] = []
+                for it in a.items:
+                    if it.dedup not in seen:
+                        seen.add(it.dedup)
+                        keep.append((it.header, it.event))
+                payload, kept = encode_records(keep), len(keep)
+            if not kept:
                 results.append(IngestResult(0, len(a.items), None))
                 continue
-            rows.append((next_id, a.received_at, a.source, a.key_index, len(keep), encode_records(keep)))
-            results.append(IngestResult(len(keep), len(a.items) - len(keep), next_id))
+            rows += (next_id, a.received_at, a.source, a.key_index, kept, payload)
+            results.append(IngestResult(kept, len(a.items) - kept, next_id))
             next_id += 1
-        if new_hashes:
-            conn.execute(f"INSERT OR IGNORE INTO seen_{bucket} (h) SELECT value FROM json_each(?)",
-                         (orjson.dumps(new_hashes),))
-        if rows:
-            conn.executemany(
-                "INSERT INTO log (id, received_at, source, key_index, count, payload) VALUES (?,?,?,?,?,?)", rows)
+        # Every hash of the group goes into the current bucket (a duplicate's too: a message sent
+        # again is remembered for another window).
+        conn.execute(f"INSERT OR IGNORE INTO seen_{bucket} (h) SELECT value FROM json_each(?)", (hashes,))
+        per = 6 * 500  # parameters of 500 rows: one statement, one step
+        for i in range(0, len(rows), per):
+            chunk = rows[i:i + per]
+            conn.execute("INSERT INTO log (id, received_at, source, key_index, count, payload) VALUES "
+                         + ",".join(["(?,?,?,?,?,?)"] * (len(chunk) // 6)), chunk)
         return results
 
-    def _maybe_rotate(self, conn: sqlite3.Connection, now: float) -> int:
-        """The current dedup bucket, rotated first when its window is over. Read in the
-        transaction: another process may have rotated since this one last looked."""
-        meta = dict(conn.execute("SELECT k, v FROM meta WHERE k IN ('seen_bucket', 'seen_bucket_started')"))
-        bucket = int(meta.get("seen_bucket", "0"))
-        started = float(meta["seen_bucket_started"]) if "seen_bucket_started" in meta else None
+    def _rotate(self, conn: sqlite3.Connection, bucket: int, started: float | None, now: float) -> int:
+        """The current dedup bucket, rotated first when its window is over (``bucket`` and
+        ``started`` are read in the transaction: another process may have rotated)."""
         if started is not None and now - started < self.dedup_window:
             return bucket
         if started is not None:

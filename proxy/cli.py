@@ -56,6 +56,21 @@ def _server_setup(config: Config) -> None:
         pass
 
 
+def _instance_lock(path: Path) -> None:
+    """One server per spool: a second one would deliver every event again. The lock is held for
+    the life of this process (the kernel drops it when the process dies, even by SIGKILL)."""
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "instance.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another trackrelay server is using the spool in {path}; stop it first "
+              "(several processes on one spool: server.workers)", file=sys.stderr)
+        sys.exit(2)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.host:
@@ -63,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         config.server.port = args.port
     _server_setup(config)
+    _instance_lock(Path(config.storage.path))
     sock = None
     metrics_dir = None
     if config.server.workers > 1:

@@ -123,3 +123,15 @@ def test_sigterm_stops_every_process(tmp_path):
     assert tr.terminate() == 0
     assert not any(_alive(p) for p in workers)
     assert '"role": "ingest", "event": "stopped"' in tr.logs()
+
+
+def test_a_second_server_on_the_same_spool_is_refused(tmp_path):
+    with TrackRelay(tmp_path, server={"workers": 2}) as tr:
+        (tmp_path / "other").mkdir()
+        other = TrackRelay(tmp_path / "other", storage={"path": str(tr.data_dir)})
+        other.data_dir = tr.data_dir
+        with pytest.raises(RuntimeError, match="another trackrelay server is using the spool"):
+            other.start()
+        assert other.proc.returncode == 2
+        # the first one is unaffected
+        assert tr.post("/v1/track", {"writeKey": tr.write_key, "userId": "u", "event": "E"})[0] == 200

@@ -29,10 +29,12 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
+
+T = TypeVar("T")
 
 
 class DestinationSettings(BaseModel):
@@ -143,6 +145,17 @@ class Built:
     requests: list[Request] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+
+    def attempt(self, index: int, fn: Callable[..., T], *args: Any) -> T | None:
+        """``fn(*args)`` for message ``index``; a SkipMessage or RejectMessage it raises is recorded
+        as that message's Skip or Reject and None is returned."""
+        try:
+            return fn(*args)
+        except SkipMessage as exc:
+            self.skips.append(Skip(index, str(exc)))
+        except RejectMessage as exc:
+            self.rejects.append(Reject(index, str(exc)))
+        return None
 
 
 class Verdict(enum.Enum):

@@ -94,7 +94,6 @@ from destinations.base import (
     RejectMessage,
     Request,
     Response,
-    Skip,
     SkipMessage,
     Verdict,
     chunk_by_limits,
@@ -397,6 +396,19 @@ def _alias(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     return {"type": "person", "action": "merge", "primary": _person(uid), "secondary": _person(previous)}
 
 
+def _track_item(event: Mapping[str, Any], kind: str | None, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """(route, payload) of one message for the Track API: "v2" batch entries, or an anonymous event."""
+    if kind == "identify":
+        return "v2", _identify(event, settings)
+    if kind in ("track", "page", "screen"):
+        return _event(event, settings, "event" if kind == "track" else kind)
+    if kind == "group":
+        return "v2", _group(event, settings)
+    if kind == "alias":
+        return "v2", _alias(event, settings)
+    raise SkipMessage(f"call type {kind!r} is not a Segment call Customer.io takes")
+
+
 def _build_track(messages: Sequence[Message], settings: Settings) -> Built:
     built = Built()
     assert settings.site_id is not None
@@ -408,25 +420,11 @@ def _build_track(messages: Sequence[Message], settings: Settings) -> Built:
     entries: list[tuple[int, bytes]] = []
     anonymous: list[tuple[int, bytes]] = []
     for i, msg in enumerate(messages):
-        event = msg.event
         kind = msg.type
-        try:
-            if kind == "identify":
-                route, payload = "v2", _identify(event, settings)
-            elif kind in ("track", "page", "screen"):
-                route, payload = _event(event, settings, "event" if kind == "track" else kind)
-            elif kind == "group":
-                route, payload = "v2", _group(event, settings)
-            elif kind == "alias":
-                route, payload = "v2", _alias(event, settings)
-            else:
-                raise SkipMessage(f"call type {kind!r} is not a Segment call Customer.io takes")
-        except SkipMessage as skip:
-            built.skips.append(Skip(i, str(skip)))
+        mapped = built.attempt(i, _track_item, msg.event, kind, settings)
+        if mapped is None:
             continue
-        except RejectMessage as reject:
-            built.rejects.append(Reject(i, str(reject)))
-            continue
+        route, payload = mapped
         encoded = json_body(payload)
         if len(encoded) > MAX_ENTRY_BYTES:
             built.rejects.append(Reject(i, f"{kind} is {len(encoded)} bytes once mapped; Customer.io accepts at most {MAX_ENTRY_BYTES} per item"))
@@ -444,7 +442,8 @@ def _build_track(messages: Sequence[Message], settings: Settings) -> Built:
 _SEGMENT_CALLS = ("identify", "track", "page", "screen", "group", "alias")
 
 
-def _pipelines_check(event: Mapping[str, Any]) -> None:
+def _pipelines_check(event: Mapping[str, Any]) -> bool:
+    """True for a message the Data Pipelines API takes; raises SkipMessage / RejectMessage."""
     kind = event.get("type")
     if kind not in _SEGMENT_CALLS:
         raise SkipMessage(f"call type {kind!r} is not a Segment call the Data Pipelines API takes")
@@ -459,6 +458,7 @@ def _pipelines_check(event: Mapping[str, Any]) -> None:
         raise RejectMessage("group call without groupId")
     if kind == "alias" and (event.get("previousId") in (None, "") or not user_id(event)):
         raise RejectMessage("alias call needs both userId and previousId")
+    return True
 
 
 def _build_pipelines(messages: Sequence[Message], settings: Settings) -> Built:
@@ -468,13 +468,7 @@ def _build_pipelines(messages: Sequence[Message], settings: Settings) -> Built:
         headers["X-Strict-Mode"] = "1"
     items: list[tuple[int, bytes]] = []
     for i, msg in enumerate(messages):
-        try:
-            _pipelines_check(msg.event)
-        except SkipMessage as skip:
-            built.skips.append(Skip(i, str(skip)))
-            continue
-        except RejectMessage as reject:
-            built.rejects.append(Reject(i, str(reject)))
+        if built.attempt(i, _pipelines_check, msg.event) is None:
             continue
         event = {k: v for k, v in msg.event.items() if k not in ("receivedAt", "sentAt")}
         ctx = event.get("context")

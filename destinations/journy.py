@@ -54,10 +54,8 @@ from destinations.base import (
     Built,
     DestinationSettings,
     Message,
-    Reject,
     RejectMessage,
     Request,
-    Skip,
     SkipMessage,
     json_body,
 )
@@ -177,34 +175,29 @@ SKIP_ALIAS = "journy.io has no API to merge users"
 SKIP_PAGE = "page/screen calls are not sent to journy.io unless page_events: true"
 
 
+def _requests(event: Mapping[str, Any], kind: str | None, index: int, settings: Settings) -> list[Request]:
+    if kind == "identify":
+        return _identify(event, index, settings)
+    if kind == "group":
+        return _group(event, index, settings)
+    if kind == "track":
+        return _event(event, index, settings, event.get("event"), properties_of(event))
+    if kind in ("page", "screen"):
+        if not settings.page_events:
+            raise SkipMessage(SKIP_PAGE)
+        name = "Page Viewed" if kind == "page" else "Screen Viewed"
+        return _event(event, index, settings, name, page_properties(event))
+    if kind == "alias":
+        raise SkipMessage(SKIP_ALIAS)
+    raise SkipMessage(f"unknown call type {kind!r}")
+
+
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     built = Built()
     for index, message in enumerate(messages):
-        event = message.event
-        kind = message.type
-        try:
-            if kind == "identify":
-                requests = _identify(event, index, settings)
-            elif kind == "group":
-                requests = _group(event, index, settings)
-            elif kind == "track":
-                requests = _event(event, index, settings, event.get("event"), properties_of(event))
-            elif kind in ("page", "screen"):
-                if not settings.page_events:
-                    raise SkipMessage(SKIP_PAGE)
-                name = "Page Viewed" if kind == "page" else "Screen Viewed"
-                requests = _event(event, index, settings, name, page_properties(event))
-            elif kind == "alias":
-                raise SkipMessage(SKIP_ALIAS)
-            else:
-                raise SkipMessage(f"unknown call type {kind!r}")
-        except SkipMessage as exc:
-            built.skips.append(Skip(index, str(exc)))
-            continue
-        except RejectMessage as exc:
-            built.rejects.append(Reject(index, str(exc)))
-            continue
-        built.requests.extend(requests)
+        requests = built.attempt(index, _requests, message.event, message.type, index, settings)
+        if requests is not None:
+            built.requests.extend(requests)
     return built
 
 

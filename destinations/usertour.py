@@ -76,11 +76,10 @@ from destinations.base import (
     DestinationSettings,
     Message,
     Outcome,
-    Reject,
     RejectMessage,
     Request,
     Response,
-    Skip,
+    SkipMessage,
     Verdict,
     body_excerpt,
     default_classify,
@@ -254,38 +253,37 @@ SKIP_PAGE = "Usertour has no page-view API (set page_events: true to send page/s
 SKIP_ANONYMOUS = "no userId: Usertour records users and events by your user id only"
 
 
+def _requests(event: Mapping[str, Any], kind: str | None, index: int, settings: Settings) -> list[Request]:
+    if kind == "alias":
+        raise SkipMessage(SKIP_ALIAS)
+    if kind in ("page", "screen") and not settings.page_events:
+        raise SkipMessage(SKIP_PAGE)
+    if kind == "group":
+        requests = _group(event, index, settings)
+    elif kind not in ("identify", "track", "page", "screen"):
+        raise SkipMessage(f"unknown call type {kind!r}")
+    elif user_id(event) is None:
+        raise SkipMessage(SKIP_ANONYMOUS)
+    elif kind == "identify":
+        requests = _identify(event, index, settings)
+    elif kind == "track":
+        requests = [_event_request(event, index, settings, event.get("event"), properties_of(event))]
+    else:
+        name = "page_viewed" if kind == "page" else "screen_viewed"
+        requests = [_event_request(event, index, settings, name, page_properties(event))]
+    for request in requests:
+        size = len(request.body or b"")
+        if size > MAX_BODY_BYTES:
+            raise RejectMessage(f"request body is {size} bytes; Usertour's server parses at most {MAX_BODY_BYTES}")
+    return requests
+
+
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     built = Built()
     for index, message in enumerate(messages):
-        event = message.event
-        kind = message.type
-        requests: list[Request] = []
-        try:
-            if kind == "alias":
-                built.skips.append(Skip(index, SKIP_ALIAS))
-            elif kind in ("page", "screen") and not settings.page_events:
-                built.skips.append(Skip(index, SKIP_PAGE))
-            elif kind == "group":
-                requests = _group(event, index, settings)
-            elif kind not in ("identify", "track", "page", "screen"):
-                built.skips.append(Skip(index, f"unknown call type {kind!r}"))
-            elif user_id(event) is None:
-                built.skips.append(Skip(index, SKIP_ANONYMOUS))
-            elif kind == "identify":
-                requests = _identify(event, index, settings)
-            elif kind == "track":
-                requests = [_event_request(event, index, settings, event.get("event"), properties_of(event))]
-            else:
-                name = "page_viewed" if kind == "page" else "screen_viewed"
-                requests = [_event_request(event, index, settings, name, page_properties(event))]
-            for request in requests:
-                size = len(request.body or b"")
-                if size > MAX_BODY_BYTES:
-                    raise RejectMessage(f"request body is {size} bytes; Usertour's server parses at most {MAX_BODY_BYTES}")
-        except RejectMessage as exc:
-            built.rejects.append(Reject(index, str(exc)))
-            continue
-        built.requests.extend(requests)
+        requests = built.attempt(index, _requests, message.event, message.type, index, settings)
+        if requests is not None:
+            built.requests.extend(requests)
     return built
 
 

@@ -110,39 +110,25 @@ def make_app(api_key: str = "jy_test_key", rate_limit: int = 5000) -> web.Applic
     def identity(ident: dict[str, Any]) -> str:
         return ident.get("userId") or ident.get("email") or ident.get("accountId") or ident.get("domain")
 
-    async def upsert_user(request: web.Request) -> web.Response:
-        error, body = await guard(request)
-        if error:
-            return error
-        errors: dict[str, str] = {}
-        if "identification" not in body:
-            errors["identification"] = "is required"
-        else:
-            user_identification(body["identification"], "identification", errors)
-        properties(body.get("properties"), "properties", errors)
-        if errors:
-            return answer(400, "Bad request", errors)
-        uid = identity(body["identification"])
-        app["users"].setdefault(uid, {}).update(body.get("properties") or {})
-        app["accepted"].append((request.path, body))
-        return answer(201, "User upserted")
-
-    async def upsert_account(request: web.Request) -> web.Response:
-        error, body = await guard(request)
-        if error:
-            return error
-        errors: dict[str, str] = {}
-        if "identification" not in body:
-            errors["identification"] = "is required"
-        else:
-            account_identification(body["identification"], "identification", errors)
-        properties(body.get("properties"), "properties", errors)
-        if errors:
-            return answer(400, "Bad request", errors)
-        aid = identity(body["identification"])
-        app["accounts"].setdefault(aid, {}).update(body.get("properties") or {})
-        app["accepted"].append((request.path, body))
-        return answer(201, "Account upserted")
+    def upsert(validate, store: str, done: str):
+        """POST /users/upsert and /accounts/upsert: the same contract, each with its identification."""
+        async def handler(request: web.Request) -> web.Response:
+            error, body = await guard(request)
+            if error:
+                return error
+            errors: dict[str, str] = {}
+            if "identification" not in body:
+                errors["identification"] = "is required"
+            else:
+                validate(body["identification"], "identification", errors)
+            properties(body.get("properties"), "properties", errors)
+            if errors:
+                return answer(400, "Bad request", errors)
+            key = identity(body["identification"])
+            app[store].setdefault(key, {}).update(body.get("properties") or {})
+            app["accepted"].append((request.path, body))
+            return answer(201, done)
+        return handler
 
     async def add_users(request: web.Request) -> web.Response:
         error, body = await guard(request)
@@ -203,8 +189,8 @@ def make_app(api_key: str = "jy_test_key", rate_limit: int = 5000) -> web.Applic
         limits["served"] += 1
         return answer(404, "Not found")
 
-    app.router.add_post("/users/upsert", upsert_user)
-    app.router.add_post("/accounts/upsert", upsert_account)
+    app.router.add_post("/users/upsert", upsert(user_identification, "users", "User upserted"))
+    app.router.add_post("/accounts/upsert", upsert(account_identification, "accounts", "Account upserted"))
     app.router.add_post("/accounts/users/add", add_users)
     app.router.add_post("/track", track)
     app.router.add_route("*", "/{tail:.*}", unknown)

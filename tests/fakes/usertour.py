@@ -153,30 +153,21 @@ def make_app(token: str = "utp_test_token", project_id: str = "proj1", environme
                 out[key] = value
         return out
 
-    async def put_user(request: web.Request) -> web.Response:
-        error, body = await guard(request)
-        if error:
-            return error
-        issues = strict_attributes_body(body)
-        if issues:
-            return _validation(issues)
-        uid = request.match_info["id"]
-        app["users"][uid] = merged(app["users"].get(uid), body.get("attributes"))
-        app["accepted"].append(("PUT", request.path, body))
-        return web.json_response({"id": uid, "object": "user", "attributes": app["users"][uid],
-                                  "createdAt": NOW, "companies": None, "memberships": None})
-
-    async def put_company(request: web.Request) -> web.Response:
-        error, body = await guard(request)
-        if error:
-            return error
-        issues = strict_attributes_body(body)
-        if issues:
-            return _validation(issues)
-        cid = request.match_info["id"]
-        app["companies"][cid] = merged(app["companies"].get(cid), body.get("attributes"))
-        app["accepted"].append(("PUT", request.path, body))
-        return web.json_response({"id": cid, "object": "company", "attributes": app["companies"][cid], "createdAt": NOW})
+    def put_entity(store: str, kind: str, extra: dict[str, Any]):
+        """PUT /users/{id} and /companies/{id}: merge the attributes, answer the stored entity."""
+        async def handler(request: web.Request) -> web.Response:
+            error, body = await guard(request)
+            if error:
+                return error
+            issues = strict_attributes_body(body)
+            if issues:
+                return _validation(issues)
+            eid = request.match_info["id"]
+            app[store][eid] = merged(app[store].get(eid), body.get("attributes"))
+            app["accepted"].append(("PUT", request.path, body))
+            return web.json_response({"id": eid, "object": kind, "attributes": app[store][eid],
+                                      "createdAt": NOW, **extra})
+        return handler
 
     async def put_membership(request: web.Request) -> web.Response:
         error, body = await guard(request)
@@ -245,8 +236,8 @@ def make_app(token: str = "utp_test_token", project_id: str = "proj1", environme
         return _error(404, "E1033", "Unknown API route")
 
     scope = "/v2/projects/{project}/environments/{environment}"
-    app.router.add_put(scope + "/users/{id}", put_user)
-    app.router.add_put(scope + "/companies/{id}", put_company)
+    app.router.add_put(scope + "/users/{id}", put_entity("users", "user", {"companies": None, "memberships": None}))
+    app.router.add_put(scope + "/companies/{id}", put_entity("companies", "company", {}))
     app.router.add_put(scope + "/companies/{id}/memberships/{user}", put_membership)
     app.router.add_post(scope + "/events", post_event)
     app.router.add_route("*", "/{tail:.*}", unknown)

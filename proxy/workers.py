@@ -22,18 +22,15 @@ import errno
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 
 import structlog
 
-from proxy.spool.sqlite import Spool
+from proxy.spool.sqlite import NOTIFY_RECORD, Spool
 
 log = structlog.get_logger("trackrelay.workers")
-
-_LOG_ID = struct.Struct("<q")
 
 
 def listen_socket(host: str, port: int, wait: float = 10.0) -> socket.socket:
@@ -85,9 +82,9 @@ class Supervisor:
             data = os.read(self._notify_r, 65536)
         except BlockingIOError:
             return
-        usable = len(data) - len(data) % _LOG_ID.size
+        usable = len(data) - len(data) % NOTIFY_RECORD.size
         newest = 0
-        for (value,) in _LOG_ID.iter_unpack(data[:usable]):
+        for (value,) in NOTIFY_RECORD.iter_unpack(data[:usable]):
             if value < 0:  # a worker reporting that it is up: -index
                 self.ready.add(-value)
             newest = max(newest, value)
@@ -147,7 +144,7 @@ class Supervisor:
 
 def report_ready(notify_fd: int, index: int) -> None:
     """In a worker, once it serves: tell the main process (its /readyz waits for every worker)."""
-    os.write(notify_fd, _LOG_ID.pack(-index))
+    os.write(notify_fd, NOTIFY_RECORD.pack(-index))
 
 
 def watch_parent(loop: asyncio.AbstractEventLoop) -> None:

@@ -110,7 +110,9 @@ class IngestItem:
 
 
 _LENGTHS = struct.Struct(">II")
-_LOG_ID = struct.Struct("<q")
+# A record on the notify pipe of an ingest worker (proxy/workers.py): the last log id of a commit,
+# or -index when worker ``index`` is up. 8 bytes, so each write is atomic on a pipe.
+NOTIFY_RECORD = struct.Struct("<q")
 
 
 def encode_records(items: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -393,7 +395,7 @@ class Spool:
             self._notify()
             if self.notify_fd is not None:
                 with contextlib.suppress(OSError):  # a full pipe: the reader's periodic poll catches up
-                    os.write(self.notify_fd, _LOG_ID.pack(result.log_id or 0))
+                    os.write(self.notify_fd, NOTIFY_RECORD.pack(result.log_id or 0))
         return result
 
     def _append_many(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[IngestResult]:

@@ -69,8 +69,17 @@ def library_name(item: dict[str, Any]) -> str:
     return name if isinstance(name, str) else ""
 
 
-def enrich(item: dict[str, Any], received: float, received_iso: str, batch_sent_at: Any,
+def batch_sent_at(batch: dict[str, Any]) -> tuple[str, datetime] | None:
+    """A batch's own ``sentAt``, raw and parsed (once per request, not per item), or None if absent or
+    not a time."""
+    raw = batch.get("sentAt")
+    parsed = parse_ts(raw) if raw else None
+    return (raw, parsed) if parsed is not None else None
+
+
+def enrich(item: dict[str, Any], received: float, received_iso: str, batch_sent: tuple[str, datetime] | None,
            client_ip: str | None, short_path: bool) -> dict[str, Any]:
+    """Enrich one item in place; ``batch_sent`` is the batch's ``sentAt`` from :func:`batch_sent_at`."""
     item.pop("writeKey", None)
     item["receivedAt"] = received_iso
     if not item.get("messageId"):
@@ -82,8 +91,13 @@ def enrich(item: dict[str, Any], received: float, received_iso: str, batch_sent_
         item["timestamp"] = received_iso
     else:
         item.setdefault("originalTimestamp", original_raw)
-        sent_raw = item.get("sentAt") or batch_sent_at
-        sent = parse_ts(sent_raw)
+        sent_raw = item.get("sentAt")
+        if sent_raw:
+            sent = parse_ts(sent_raw)
+        elif batch_sent is not None:
+            sent_raw, sent = batch_sent
+        else:
+            sent = None
         try:
             timestamp = original.timestamp()
             if sent is not None:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proxy import spec
 from proxy.config import Config
-from proxy.enrich import enrich, merge_batch_fields, received_now
+from proxy.enrich import batch_sent_at, enrich, merge_batch_fields, received_now
 from proxy.metrics import METRICS
 from proxy.routing import Router
 from proxy.spool.sqlite import IngestItem, Spool, dedup_hash
@@ -123,7 +123,8 @@ class Ingest:
 
     def header(self, dests: list[str], skipped: dict[str, str]) -> bytes:
         """The routing header stored with an event (cached: few distinct routes exist)."""
-        cache_key = (tuple(dests), tuple(sorted(skipped.items())))
+        # a tuple of names, or a pair of tuples when something was skipped: the two shapes never compare equal
+        cache_key: tuple = (tuple(dests), tuple(sorted(skipped.items()))) if skipped else tuple(dests)
         head = self._headers.get(cache_key)
         if head is None:
             meta: dict[str, Any] = {"d": dests}
@@ -225,7 +226,7 @@ class Ingest:
         else:
             events = []
             rejected = []
-            batch_sent_at = body.get("sentAt")
+            batch_sent = batch_sent_at(body)
             has_batch_fields = isinstance(body.get("context"), dict) or isinstance(body.get("integrations"), dict)
             for index, item in enumerate(items):
                 try:
@@ -237,7 +238,7 @@ class Ingest:
                 except spec.Invalid as exc:
                     rejected.append((index, exc.reason, exc.message))
                     continue
-                events.append(enrich(event, received_ts, received_iso, batch_sent_at, client_ip, short))
+                events.append(enrich(event, received_ts, received_iso, batch_sent, client_ip, short))
             for index, reason, message in rejected:
                 METRICS.events_rejected.labels(source, reason).inc()
                 item = items[index]

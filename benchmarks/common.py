@@ -96,6 +96,16 @@ def batch_prefix_suffix() -> tuple[str, str]:
     return '{"writeKey":"%s","sentAt":"2026-11-22T21:00:00.100Z","batch":[' % WRITE_KEY, "]}"
 
 
+def sample_body(per: int, base: str) -> bytes:
+    """A request body as the load generators send it: one event for /v1/track (``per`` 1), else a batch
+    of ``per`` events; messageIds ``<base>`` or ``<base>-<i>``."""
+    if per == 1:
+        return single_body(base)
+    prefix, suffix = event_template()
+    bprefix, bsuffix = batch_prefix_suffix()
+    return (bprefix + ",".join(prefix + f"{base}-{i}" + suffix for i in range(1, per + 1)) + bsuffix).encode()
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------------------------
@@ -214,15 +224,30 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def disk_written(path: Path) -> int:
+    """Bytes written so far by the block device holding ``path`` (all writers on the machine, the kernel's
+    writeback included; 0 where /sys does not tell)."""
+    st = os.stat(path)
+    try:
+        fields = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat").read_text().split()
+        return int(fields[6]) * 512  # sectors written; a sector is 512 bytes in this interface
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class CpuMeter:
     """Cores used during an interval: by the server process (and its workers), by load generators we waited for
-    (reaped children), and by everything else on the machine (other people's jobs, kernel)."""
+    (reaped children), and by everything else on the machine (other people's jobs, kernel); and the disk's
+    write rate (MB/s) on the device holding ``disk_path``."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, disk_path: Path | None = None) -> None:
         self.pid = pid
+        self.disk_path = disk_path
+        self.disk_mbs = 0.0
 
     def __enter__(self) -> "CpuMeter":
         self.t0, self.s0, self.b0, self.c0 = time.monotonic(), tree_cpu(self.pid), system_busy(), children_cpu()
+        self.d0 = disk_written(self.disk_path) if self.disk_path else 0
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -231,6 +256,8 @@ class CpuMeter:
         self.loadgen = (children_cpu() - self.c0) / wall
         self.busy = (system_busy() - self.b0) / wall
         self.other = max(0.0, self.busy - self.server - self.loadgen)
+        if self.disk_path:
+            self.disk_mbs = (disk_written(self.disk_path) - self.d0) / wall / 1e6
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -526,9 +553,6 @@ async def _load(url: str, per: int, run_id: str, connections: int, duration: flo
     until ``duration`` elapses or ``total_requests`` were sent. Writes wrk-like JSON to ``out``."""
     import aiohttp
 
-    prefix, suffix = event_template()
-    bprefix, bsuffix = batch_prefix_suffix()
-    single_prefix = '{"writeKey":"%s",' % WRITE_KEY + prefix[1:]
     path = "/v1/track" if per == 1 else "/v1/batch"
     lat: list[float] = []
     ok = other = errors = 0
@@ -541,10 +565,7 @@ async def _load(url: str, per: int, run_id: str, connections: int, duration: flo
         if total_requests is not None and counter >= total_requests:
             return None
         counter += 1
-        base = f"{run_id}-{counter}"
-        if per == 1:
-            return (single_prefix + base + suffix).encode()
-        return (bprefix + ",".join(prefix + f"{base}-{i}" + suffix for i in range(1, per + 1)) + bsuffix).encode()
+        return sample_body(per, f"{run_id}-{counter}")
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal ok, other, errors

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,13 +51,68 @@ from common import (  # noqa: E402
     have_wrk,
     tree_status,
     run_wrk,
+    sample_body,
     spool_counts,
     start_helper,
     start_trackrelay,
     wrk_script,
+    write_config,
 )
 
 MODES = {"single": 1, "batch": 100}
+
+
+def disk_ceiling(workdir: Path, seconds: float = 6.0, chunk: int = 1 << 20) -> float:
+    """The disk's sustained rate (MB/s) for appending 1 MB writes each followed by fdatasync, in the work
+    directory, as a growing spool writes: over the last two thirds of the interval, after any burst allowance
+    of a virtual disk is used up. (Rewriting blocks already written is far faster on some virtual disks.)"""
+    path = workdir / "disk-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    buf = os.urandom(chunk)
+    try:
+        start = time.monotonic()
+        mark, written = start + seconds / 3, 0
+        while (now := time.monotonic()) < start + seconds:
+            os.write(fd, buf)
+            os.fdatasync(fd)
+            if now >= mark:
+                written += chunk
+        return written / (seconds - seconds / 3) / 1e6
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def prepare_cost(workdir: Path, rounds: int = 300) -> dict[str, float]:
+    """CPU per event of ``Ingest.prepare`` (parse, check, enrich, route, encode: the server's work per event
+    before the spool), run in this process on the benchmark's own bodies, one process, no I/O."""
+    from aiohttp.test_utils import make_mocked_request
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from proxy.config import load_config
+    from proxy.ingest import Ingest
+    from proxy.routing import Router
+
+    cfg_path = workdir / "prepare.yaml"
+    write_config(cfg_path, free_port(), workdir / "prepare-data", [])
+    config = load_config(cfg_path)
+
+    class NoSpool:
+        full = False
+
+    ingest = Ingest(config, NoSpool(), Router(config.destinations))  # type: ignore[arg-type]
+    out = {}
+    for mode, per in MODES.items():
+        bodies = [sample_body(per, f"p{i}") for i in range(50)]
+        segment = "track" if per == 1 else "batch"
+        request = make_mocked_request("POST", f"/v1/{segment}", headers={"Content-Type": "application/json"})
+        n = max(1, rounds // per) * len(bodies)
+        t0 = time.process_time()
+        for i in range(n):
+            prepared = ingest.prepare(request, bodies[i % len(bodies)], segment, "track" if per == 1 else None)
+            assert not isinstance(prepared, web.Response) and len(prepared[3]) == per
+        out[mode] = (time.process_time() - t0) / (n * per) * 1e6
+    return out
 
 
 def load(url: str, workdir: Path, mode: str, run_id: str, duration: float, args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +152,7 @@ def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.
             }]
         proc, url = start_trackrelay(procs, workdir, tag, data_dir, destinations, server={"workers": workers})
     warm = load(url, workdir, mode, f"w{tag}", args.warmup, args)
-    with CpuMeter(proc.pid) as cpu:
+    with CpuMeter(proc.pid, workdir) as cpu:
         main = load(url, workdir, mode, f"m{tag}", args.duration, args)
     mem = tree_status(proc.pid)
     procs.stop(proc)
@@ -107,6 +165,7 @@ def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.
         "errors": {k: main[k] for k in ("connect", "read", "write", "status", "timeout") if main.get(k)},
         "ok_events": (warm["ok"] + main["ok"]) * per,
         "cpu_server": cpu.server, "cpu_loadgen": cpu.loadgen, "cpu_other": cpu.other,
+        "disk_mbs": cpu.disk_mbs,
     }
     if not kind.startswith("bare"):
         counts = spool_counts(data_dir)
@@ -120,7 +179,8 @@ def bench_one(procs: Procs, workdir: Path, kind: str, mode: str, args: argparse.
             shutil.rmtree(data_dir, ignore_errors=True)
     print(f"  {kind:18} {mode:6}  {res['rps']:9.0f} req/s  {res['eps']:10.0f} events/s  "
           f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:7.2f} ms  peak RSS {res['hwm'] / 2**20:6.1f} MB  "
-          f"cores: server {cpu.server:.2f} loadgen {cpu.loadgen:.2f} other {cpu.other:.2f}"
+          f"cores: server {cpu.server:.2f} loadgen {cpu.loadgen:.2f} other {cpu.other:.2f}  "
+          f"disk {cpu.disk_mbs:.0f} MB/s ({cpu.disk_mbs * 1e3 / max(res['eps'], 1):.1f} KB per event)"
           + (f"  stored {res['stored']} (200s x events: {res['ok_events']})" if "stored" in res else ""),
           flush=True)
     return res
@@ -144,6 +204,10 @@ def main() -> int:
     print(f"ingest benchmark — {gen}; {args.warmup:.0f} s warm-up + {args.duration:.0f} s per run; "
           f"work dir {workdir}", flush=True)
     print(f"code: {code_version()}; machine: {machine()}", flush=True)
+    ceiling = disk_ceiling(workdir)
+    cost = prepare_cost(workdir)
+    print(f"disk: {ceiling:.0f} MB/s sustained (1 MB writes + fdatasync); Ingest.prepare: "
+          f"{cost['single']:.1f} us CPU per single event, {cost['batch']:.1f} us per batched event", flush=True)
     results: list[dict[str, Any]] = []
     try:
         for kind in args.only or KINDS:
@@ -158,7 +222,7 @@ def main() -> int:
     print()
     print("Summary (durability full; events ~1.1 KB; batch = 100 events; /2 = 2 processes)")
     header = (f"{'server':19}{'load':8}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS':>10}"
-              f"{'vs bare':>9}{'vs bare/n':>10}{'cores srv/gen/other':>21}  spool check")
+              f"{'vs bare':>9}{'vs bare/n':>10}{'cores srv/gen/other':>21}{'disk MB/s':>10}  spool check")
     print(header)
     print("-" * (len(header) + 20))
 
@@ -176,7 +240,7 @@ def main() -> int:
         print(f"{r['kind']:19}{r['mode']:8}{r['rps']:9.0f}{r['eps']:11.0f}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}"
               f"{r['hwm'] / 2**20:8.1f}MB{ratio(r, bare.get((r['mode'], 1))):>9}"
               f"{ratio(r, bare.get((r['mode'], r['workers']))):>10}"
-              f"{r['cpu_server']:9.2f}/{r['cpu_loadgen']:.2f}/{r['cpu_other']:.2f}  {check}{errs}")
+              f"{r['cpu_server']:9.2f}/{r['cpu_loadgen']:.2f}/{r['cpu_other']:.2f}{r['disk_mbs']:10.0f}  {check}{errs}")
     print()
     print("trackrelay+dest = one webhook destination (closed port, paused after its first failure): "
           "routing and queueing cost included, sending not.")
@@ -197,6 +261,14 @@ def main() -> int:
         elif r["mode"] == "batch":
             print(f"  {r['kind']:18} batches >= 60,000 events/s: {r['eps']:,.0f}  "
                   f"{'met' if r['eps'] >= 60000 else 'MISSED'}")
+    print("Ceilings on this machine, from the probes above (what no tuning of the server can pass):")
+    print(f"  CPU: 2 cores / {cost['batch']:.1f} us of Ingest.prepare per batched event = "
+          f"{2e6 / cost['batch']:,.0f} events/s before any HTTP, SQLite or load generator work")
+    for r in results:
+        if r["mode"] == "batch" and not r["kind"].startswith("bare") and r["disk_mbs"] > 0:
+            per_event = r["disk_mbs"] * 1e6 / max(r["eps"], 1)
+            print(f"  disk: {ceiling:.0f} MB/s / {per_event / 1e3:.1f} KB written per event ({r['kind']}, batch) = "
+                  f"{ceiling * 1e6 / per_event:,.0f} events/s")
     print(f"(total {time.monotonic() - started:.0f} s; {machine()})")
     return 0
 

@@ -69,15 +69,18 @@ def disk_ceiling(workdir: Path, seconds: float = 6.0, chunk: int = 1 << 20) -> f
     path = workdir / "disk-probe"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     buf = os.urandom(chunk)
+    start = time.monotonic()
+    mark, written = start + seconds / 3, 0
     try:
-        start = time.monotonic()
-        mark, written = start + seconds / 3, 0
         while (now := time.monotonic()) < start + seconds:
             os.write(fd, buf)
             os.fdatasync(fd)
             if now >= mark:
                 written += chunk
         return written / (seconds - seconds / 3) / 1e6
+    except OSError as exc:  # a full disk: no figure rather than no benchmark
+        print(f"disk probe stopped: {exc}", flush=True)
+        return 0.0
     finally:
         os.close(fd)
         path.unlink()
@@ -265,7 +268,7 @@ def main() -> int:
     print(f"  CPU: 2 cores / {cost['batch']:.1f} us of Ingest.prepare per batched event = "
           f"{2e6 / cost['batch']:,.0f} events/s before any HTTP, SQLite or load generator work")
     for r in results:
-        if r["mode"] == "batch" and not r["kind"].startswith("bare") and r["disk_mbs"] > 0:
+        if r["mode"] == "batch" and not r["kind"].startswith("bare") and r["disk_mbs"] > 0 and ceiling > 0:
             per_event = r["disk_mbs"] * 1e6 / max(r["eps"], 1)
             print(f"  disk: {ceiling:.0f} MB/s / {per_event / 1e3:.1f} KB written per event ({r['kind']}, batch) = "
                   f"{ceiling * 1e6 / per_event:,.0f} events/s")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -15,6 +13,7 @@ from destinations import amplitude
 from destinations.base import Message, Request, Response, Verdict
 from tests.fakes.amplitude import make_app
 from tests.fakes.base import FakeServer
+from tests.fakes.base import send as send_as_is
 from tests.fixtures import messages as fx
 
 KEY = "amp-key"
@@ -353,13 +352,8 @@ def test_other_statuses() -> None:
 
 
 def send(req: Request, base: str) -> tuple[int, bytes]:
-    http = urllib.request.Request(req.url.replace(FAKE_BASE, base), data=req.body, headers=dict(req.headers),
-                                  method=req.method)
-    try:
-        with urllib.request.urlopen(http, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    answer = send_as_is(req, req.url.replace(FAKE_BASE, base))
+    return answer.status, answer.body
 
 
 @pytest.mark.parametrize("api", ["http_v2", "batch"])

@@ -6,9 +6,7 @@ request checked against the contract fake."""
 from __future__ import annotations
 
 import copy
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import orjson
@@ -19,6 +17,7 @@ from destinations import customerio
 from destinations.base import Message, MessageOutcome, Request, Response, Verdict
 from destinations.semantic import _CROCKFORD, epoch_ms, is_ulid, ulid_for
 from tests.fakes.base import FakeServer
+from tests.fakes.base import send as send_as_is
 from tests.fakes.customerio import make_app
 from tests.fixtures import messages as fx
 
@@ -414,13 +413,7 @@ def test_classify_plain_answers() -> None:
 
 
 def send(req: Request, base: str) -> Response:
-    url = base + urllib.parse.urlsplit(req.url).path  # same path, on the fake's host
-    http = urllib.request.Request(url, data=req.body, headers=dict(req.headers), method=req.method)
-    try:
-        with urllib.request.urlopen(http, timeout=10) as r:
-            return Response(r.status, dict(r.headers), r.read())
-    except urllib.error.HTTPError as e:
-        return Response(e.code, dict(e.headers), e.read())
+    return send_as_is(req, base + urllib.parse.urlsplit(req.url).path)  # same path, on the fake's host
 
 
 @pytest.fixture()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
 import pytest
 
 from destinations import journy
-from destinations.base import Message, Request, Response, Verdict
-from tests.fakes.base import FakeServer
+from destinations.base import Message, Request, Verdict
+from tests.fakes.base import FakeServer, send
 from tests.fakes.journy import make_app
 from tests.fixtures.messages import ALL, ANONYMOUS_TRACK, GROUP, IDENTIFY, PAGE, SCREEN, TRACK
 
@@ -199,15 +197,6 @@ def test_rate_limit_is_declared_for_the_engine() -> None:
 # ---------------------------------------------------------------------------------------------
 # classify (shared rule) on journy.io's answers, and the contract fake
 # ---------------------------------------------------------------------------------------------
-
-
-def send(request: Request) -> Response:
-    req = urllib.request.Request(request.url, data=request.body, headers=dict(request.headers), method=request.method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return Response(r.status, dict(r.headers), r.read())
-    except urllib.error.HTTPError as e:
-        return Response(e.code, dict(e.headers), e.read())
 
 
 @pytest.fixture()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
@@ -14,6 +12,7 @@ import pytest
 from destinations import mixpanel
 from destinations.base import Message, Request, Response, Verdict
 from tests.fakes.base import FakeServer
+from tests.fakes.base import send as send_as_is
 from tests.fakes.mixpanel import make_app
 from tests.fixtures import messages as fx
 
@@ -469,13 +468,8 @@ def test_engage_and_groups_answers() -> None:
 
 
 def send(req: Request, base: str, default_base: str = "http://127.0.0.1:9/mp") -> tuple[int, bytes]:
-    http = urllib.request.Request(req.url.replace(default_base, base), data=req.body, headers=dict(req.headers),
-                                  method=req.method)
-    try:
-        with urllib.request.urlopen(http, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    answer = send_as_is(req, req.url.replace(default_base, base))
+    return answer.status, answer.body
 
 
 @pytest.mark.parametrize("id_merge", ["simplified", "original"])

@@ -5,9 +5,7 @@ of Userpilot's answers, and every built request checked against the contract fak
 from __future__ import annotations
 
 import copy
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import orjson
@@ -16,6 +14,7 @@ import pytest
 from destinations import userpilot
 from destinations.base import Message, Request, Response, Verdict
 from tests.fakes.base import FakeServer
+from tests.fakes.base import send as send_as_is
 from tests.fakes.userpilot import make_app
 from tests.fixtures import messages as fx
 
@@ -183,13 +182,7 @@ def test_classify_userpilot_answers() -> None:
 
 
 def send(req: Request, base: str) -> Response:
-    url = base + urllib.parse.urlsplit(req.url).path  # same path, on the fake's host
-    http = urllib.request.Request(url, data=req.body, headers=dict(req.headers), method=req.method)
-    try:
-        with urllib.request.urlopen(http, timeout=10) as r:
-            return Response(r.status, dict(r.headers), r.read())
-    except urllib.error.HTTPError as e:
-        return Response(e.code, dict(e.headers), e.read())
+    return send_as_is(req, base + urllib.parse.urlsplit(req.url).path)  # same path, on the fake's host
 
 
 def test_every_request_built_for_the_fixtures_is_accepted_by_the_fake() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
@@ -11,7 +9,7 @@ import pytest
 
 from destinations import usertour
 from destinations.base import Message, Request, Response, Verdict
-from tests.fakes.base import FakeServer
+from tests.fakes.base import FakeServer, send
 from tests.fakes.usertour import make_app
 from tests.fixtures.messages import ALL, GROUP, IDENTIFY, PAGE, SCREEN, TRACK
 
@@ -259,15 +257,6 @@ def test_classify_success_and_non_json_errors() -> None:
 # ---------------------------------------------------------------------------------------------
 # against the contract fake
 # ---------------------------------------------------------------------------------------------
-
-
-def send(request: Request) -> Response:
-    req = urllib.request.Request(request.url, data=request.body, headers=dict(request.headers), method=request.method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return Response(r.status, dict(r.headers), r.read())
-    except urllib.error.HTTPError as e:
-        return Response(e.code, dict(e.headers), e.read())
 
 
 @pytest.fixture()

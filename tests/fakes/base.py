@@ -15,12 +15,16 @@ import gzip
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from destinations.base import Request, Response
 
 
 @dataclass
@@ -132,3 +136,15 @@ class FakeServer:
 
 def json_error(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+
+def send(request: Request, url: str | None = None) -> Response:
+    """Send a built request as it is, to ``url`` (default: its own URL), and return the answer as a
+    delivery worker would see it (error statuses included)."""
+    http = urllib.request.Request(url or request.url, data=request.body, headers=dict(request.headers),
+                                  method=request.method)
+    try:
+        with urllib.request.urlopen(http, timeout=10) as r:
+            return Response(r.status, dict(r.headers), r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, dict(e.headers), e.read())

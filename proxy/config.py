@@ -13,10 +13,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from destinations import registry
 from destinations.base import Adapter, DestinationSettings
@@ -90,26 +101,116 @@ class ServerConfig(_Model):
         return parse_duration(v)
 
 
-class StorageConfig(_Model):
-    path: Path = Field(Path("./data"), description="Directory of the embedded SQLite spool.")
-    max_bytes: int = Field(10 * 1024**3, description="Spool size at which ingest answers 429.")
-    durability: Literal["full", "normal"] = Field(
-        "full", description="full: fsync on every commit (no accepted event lost on power loss); normal: fsync at checkpoints."
-    )
+class _StorageCommon(_Model):
+    path: Path = Field(Path("./data"), description="Directory of the spool's files (the embedded backend's log and "
+                       "delivery state; with jetstream only the instance lock).")
     dedup_window: float = Field(86400.0, description="Window for (source, messageId) deduplication.")
-    retention: float = Field(
-        600.0, description="How long delivered events stay in the spool (for inspection); purged early near max_bytes."
+    dedup_memory: int = Field(
+        64 * 1024 * 1024,
+        description="Memory for the dedup index (16 bytes per remembered id: 64MiB remembers 4 million). When more "
+                    "distinct ids arrive within dedup_window than fit, the effective window shrinks "
+                    "(trackrelay_dedup_window_seconds shows it); memory never grows past this.",
     )
+
+    @field_validator("dedup_memory", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @field_validator("dedup_window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class EmbeddedStorage(_StorageCommon):
+    """The default: an append-only, CRC-framed segment log under ``path`` plus SQLite for delivery state."""
+
+    engine: Literal["embedded"] = Field("embedded", description="embedded (default) or jetstream.")
+    max_bytes: int = Field(10 * 1024**3, description="Spool size on disk at which ingest answers 429.")
+    durability: Literal["full", "normal"] = Field(
+        "full", description="full: fdatasync before every answer (no accepted event lost on power loss); normal: "
+                            "the OS writes back within seconds (a SIGKILL still loses nothing, a power cut may)."
+    )
+    retention: float = Field(
+        600.0, description="How long delivered events stay in the spool (for inspection); freed early near max_bytes."
+    )
+    segment_bytes: int | None = Field(
+        None, description="Size of one log segment file (default: max_bytes/16, between 64KiB and 64MiB). "
+                          "Space is freed a segment at a time.",
+    )
+
+    @field_validator("max_bytes", "segment_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class JetStreamTLS(_Model):
+    ca_file: Path | None = Field(None, description="CA bundle that signs the NATS servers' certificates.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client certificate's key.")
+
+
+class JetStreamSettings(_Model):
+    servers: list[str] = Field(["nats://127.0.0.1:4222"], min_length=1, description="NATS server URLs of the cluster.")
+    stream: str = Field("trackrelay", pattern=r"^[A-Za-z0-9_-]+$",
+                        description="Name prefix of the streams and consumers trackrelay creates.")
+    replicas: int = Field(3, ge=1, le=5, description="Stream replicas (quorum writes: 200 only after the PubAck).")
+    max_bytes: int = Field(50 * 1024**3, description="Quota of the event stream; full -> 429 + Retry-After.")
+    credentials: Path | None = Field(None, description="A NATS .creds file.")
+    user: str | None = Field(None, description="User name (with password).")
+    password: SecretStr | None = Field(None, description="Password, e.g. ${NATS_PASSWORD}.")
+    token: SecretStr | None = Field(None, description="Auth token, e.g. ${NATS_TOKEN}.")
+    tls: JetStreamTLS | None = Field(None, description="TLS to the NATS servers.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection at start.")
+    publish_timeout: float = Field(
+        10.0, gt=0, description="Longest wait for a PubAck (leader elections take 5-12 s); then 503 + Retry-After.")
 
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _size(cls, v: Any) -> int:
         return parse_size(v)
 
-    @field_validator("dedup_window", "retention", mode="before")
+    @field_validator("connect_timeout", "publish_timeout", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)
+
+
+class JetStreamStorage(_StorageCommon):
+    """Scale-out: every instance shares one replicated NATS JetStream."""
+
+    engine: Literal["jetstream"] = Field(description="embedded (default) or jetstream.")
+    jetstream: JetStreamSettings = Field(default_factory=JetStreamSettings, description="The JetStream cluster.")
+    retention: float = Field(600.0, description="How long delivered events stay in the stream.")
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.jetstream.max_bytes
+
+
+def _engine(v: Any) -> str:
+    if isinstance(v, dict):
+        return v.get("engine") or "embedded"
+    return getattr(v, "engine", "embedded")
+
+
+StorageConfig = Annotated[
+    Annotated[EmbeddedStorage, Tag("embedded")] | Annotated[JetStreamStorage, Tag("jetstream")],
+    Discriminator(_engine, custom_error_type="invalid_engine",
+                  custom_error_message="storage.engine must be 'embedded' or 'jetstream'"),
+]
 
 
 class LimitsConfig(_Model):
@@ -266,7 +367,7 @@ class LoggingConfig(_Model):
 
 class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
+    storage: StorageConfig = Field(default_factory=EmbeddedStorage)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sources: list[SourceConfig] = Field(min_length=1)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Defaults for every destination.")

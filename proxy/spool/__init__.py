@@ -1,0 +1,45 @@
+"""The durable spool behind one port (proxy/spool/base.py). ``open_spool`` picks the backend from
+``storage.engine``; nothing outside this package knows how events are stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.spool.base import (
+    Append,
+    AppendResult,
+    DeadLetter,
+    DeadQuery,
+    Disposition,
+    Item,
+    Refusal,
+    Route,
+    Settlement,
+    Spool,
+    SpoolFull,
+    SpoolUnavailable,
+    Stats,
+    StoredEvent,
+    Work,
+    dedup_hash,
+)
+
+__all__ = [
+    "Append", "AppendResult", "DeadLetter", "DeadQuery", "Disposition", "Item", "Refusal", "Route",
+    "Settlement", "Spool", "SpoolFull", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
+    "open_spool",
+]
+
+
+def open_spool(storage: Any, *, role: str = "main") -> Spool:
+    """The backend ``storage.engine`` names, for ``role`` "main", "ingest" or "admin" (see Spool)."""
+    engine = getattr(storage, "engine", "embedded")
+    if engine == "embedded":
+        from proxy.spool.embedded import EmbeddedSpool
+
+        return EmbeddedSpool(storage, role=role)
+    if engine == "jetstream":
+        from proxy.spool.jetstream import JetStreamSpool
+
+        return JetStreamSpool(storage, role=role)
+    raise ValueError(f"unknown storage engine {engine!r}")

@@ -21,8 +21,8 @@ from proxy.delivery.engine import DeliveryEngine
 from proxy.ingest import Ingest, error
 from proxy.metrics import METRICS
 from proxy.routing import Router
-from proxy.spool.sqlite import Spool
-from proxy.workers import Supervisor
+from proxy.spool import Spool, open_spool
+from proxy.workers import Supervisor, commit_notifier
 
 log = structlog.get_logger("trackrelay.app")
 
@@ -138,28 +138,30 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     spool = request.app[SPOOL]
     engine = request.app.get(ENGINE)
-    problems = []
-    if not spool.alive:
-        problems.append("spool writer not running")
+    problems = spool.problems()  # e.g. the last commit failed (disk full): ingest cannot take events
     if engine is not None:
         problems += engine.problems()
     if SUPERVISOR in request.app:
         problems += request.app[SUPERVISOR].problems()
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready", "spool_full": spool.full})
+    return web.json_response({"status": "ready", "spool_full": spool.refusal() is not None})
 
 
 async def update_gauges(app: web.Application) -> None:
     spool, engine = app[SPOOL], app.get(ENGINE)
-    METRICS.spool_bytes.set(spool.size_bytes)
     if engine is None:
         return
-    retries = dict(await spool.read(lambda conn: conn.execute(
-        "SELECT dest, COUNT(*) FROM retry GROUP BY dest").fetchall()))
-    for worker in engine.workers:
-        worker.update_gauges()
-        METRICS.retry_queue.labels(worker.name).set(retries.get(worker.name, 0))
+    stats = await spool.stats(engine.active_destinations())
+    METRICS.spool_bytes.set(stats.bytes)
+    for name in engine.active_destinations():
+        d = stats.destinations.get(name)
+        if d is not None:
+            METRICS.backlog.labels(name).set(d.backlog)
+            METRICS.retry_queue.labels(name).set(d.retries)
+    window = stats.extra.get("dedup_window_seconds")
+    if window is not None:
+        METRICS.dedup_window.set(window)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -168,17 +170,17 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def maintenance(app: web.Application) -> None:
-    """Every 2 s: the delivery process drops delivered rows past retention and refreshes the
-    gauges (a scrape may reach an ingest worker, which only reads them); an ingest worker
-    re-reads the spool size so it answers 429 when the spool is full."""
+    """Every second: the spool frees what every destination has settled and refreshes its size
+    (an ingest worker re-reads it so it answers 429 when the spool is full); every 5 s the delivery
+    process refreshes the gauges (a scrape may reach an ingest worker, which only reads them)."""
     spool, engine = app[SPOOL], app.get(ENGINE)
+    ticks = 0
     while True:
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.0)
+        ticks += 1
         try:
-            if engine is None:
-                await spool.refresh()
-            else:
-                await spool.maintain(engine.active_destinations())
+            await spool.maintain(engine.active_destinations() if engine is not None else [])
+            if engine is not None and ticks % 5 == 0:
                 await update_gauges(app)
         except Exception as exc:
             log.error("maintenance_failed", error=repr(exc))
@@ -194,9 +196,9 @@ def create_app(config: Config, *, role: str = "main", config_path: str | None = 
     app = web.Application(middlewares=make_middlewares(config), client_max_size=limit + limit // 10 + 1024,
                           handler_args={"auto_decompress": False})
     app[CONFIG] = config
-    spool = Spool(config.storage.path, config.storage.durability, config.storage.dedup_window,
-                  config.storage.max_bytes, config.storage.retention)
-    spool.notify_fd = notify_fd
+    spool = open_spool(config.storage, role=role)
+    if notify_fd is not None:
+        spool.on_commit = commit_notifier(notify_fd)
     app[SPOOL] = spool
     app[INGEST] = ingest = Ingest(config, spool, Router(config.destinations))
     engine = None
@@ -214,9 +216,14 @@ def create_app(config: Config, *, role: str = "main", config_path: str | None = 
     app.router.add_get("/metrics", metrics_handler)
 
     async def lifecycle(app: web.Application):
-        spool.start()
+        await spool.start()
         if engine is not None:
             await engine.start()
+            configured = set(engine.active_destinations())
+            for name in await spool.known_destinations():
+                if name not in configured:
+                    log.warning("spool_state_of_unconfigured_destination", destination=name,
+                                hint=f"trackrelay spool forget --config <file> {name}")
         if supervisor is not None:
             await supervisor.start()
         task = asyncio.create_task(maintenance(app))

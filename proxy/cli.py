@@ -1,4 +1,7 @@
-"""Command line: ``trackrelay serve | check | dead-letters list|show|replay``."""
+"""Command line: ``trackrelay serve | check | dead-letters list|show|replay | spool stats|events|migrate|forget``.
+
+Every command that reads or changes stored data goes through the spool port (proxy/spool/), and is
+safe while a server runs on the same spool."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import argparse
 import logging
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -56,19 +58,23 @@ def _server_setup(config: Config) -> None:
         pass
 
 
-def _instance_lock(path: Path) -> None:
-    """One server per spool: a second one would deliver every event again. The lock is held for
-    the life of this process (the kernel drops it when the process dies, even by SIGKILL)."""
-    import fcntl
+METRICS_PREFIX = "trackrelay-metrics-"
 
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / "instance.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"another trackrelay server is using the spool in {path}; stop it first "
-              "(several processes on one spool: server.workers)", file=sys.stderr)
-        sys.exit(2)
+
+def _remove_stale_metrics_dirs() -> None:
+    """Metrics directories of servers that died without cleaning up (SIGKILL): their files would
+    otherwise pile up in the temp directory, one set per killed run."""
+    tmp = Path(tempfile.gettempdir())
+    for path in tmp.glob(METRICS_PREFIX + "*"):
+        pid = path.name[len(METRICS_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,14 +84,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         config.server.port = args.port
     _server_setup(config)
-    _instance_lock(Path(config.storage.path))
     sock = None
     metrics_dir = None
     if config.server.workers > 1:
         from proxy.workers import listen_socket
 
         # before proxy.metrics is imported anywhere: every process keeps its values in files there
-        metrics_dir = tempfile.mkdtemp(prefix="trackrelay-metrics-")
+        _remove_stale_metrics_dirs()
+        metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         sock = listen_socket(config.server.host, config.server.port)
     from aiohttp import web
@@ -93,6 +99,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import create_app
 
     app = create_app(config, role="main", config_path=args.config, sock=sock)
+    from proxy.app import SPOOL
+    from proxy.spool import SpoolBusy
+
+    try:
+        app[SPOOL].claim()  # one server per spool: a second one would deliver every event again
+    except SpoolBusy as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         if sock is not None:
             web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
@@ -139,16 +153,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK — {len(config.sources)} source(s), "
           f"{sum(1 for d in config.destinations if d.enabled)} enabled destination(s)"
           + "".join(f"\n  {d.name} ({d.type}){'' if d.enabled else ' [disabled]'}" for d in config.destinations))
+    stale = _run(config, _orphans, config, missing_ok=True)
+    for name in stale or ():
+        print(f"  note: the spool keeps delivery state for {name!r}, which is not in this config; "
+              f"`trackrelay spool forget --config {args.config} {name}` removes it")
     return 0
 
 
-def _db(config: Config) -> sqlite3.Connection:
-    from proxy.spool.sqlite import DB_NAME, connect
+def _run(config: Config, fn, *args, missing_ok: bool = False):  # type: ignore[no-untyped-def]
+    """Open the spool as an operator (role admin: no appends, safe beside a running server), run
+    ``await fn(spool, *args)``, close it."""
+    import asyncio
 
-    if not (Path(config.storage.path) / DB_NAME).exists():
-        print(f"no spool at {config.storage.path}", file=sys.stderr)
-        sys.exit(1)
-    return connect(Path(config.storage.path), config.storage.durability)
+    from proxy.spool import open_spool
+
+    async def main():  # type: ignore[no-untyped-def]
+        spool = open_spool(config.storage, role="admin")
+        try:
+            await spool.start()
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            print(f"no spool at {config.storage.path}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            return await fn(spool, *args)
+        finally:
+            await spool.close()
+    return asyncio.run(main())
+
+
+async def _orphans(spool, config: Config) -> list[str]:  # type: ignore[no-untyped-def]
+    configured = {d.name for d in config.destinations if d.enabled}
+    return [name for name in await spool.known_destinations() if name not in configured]
 
 
 def _ts(value: float) -> str:
@@ -164,55 +201,42 @@ def _since(value: str | None) -> float | None:
         return time.time() - parse_duration(value)
 
 
-def _where(args: argparse.Namespace) -> tuple[str, list]:
-    clauses, params = [], []
-    if getattr(args, "destination", None):
-        clauses.append("dest = ?")
-        params.append(args.destination)
-    since = _since(getattr(args, "since", None))
-    if since is not None:
-        clauses.append("at >= ?")
-        params.append(since)
-    until = _since(getattr(args, "until", None))
-    if until is not None:
-        clauses.append("at < ?")
-        params.append(until)
-    if getattr(args, "ids", None):
-        clauses.append(f"id IN ({','.join('?' * len(args.ids))})")
-        params.extend(args.ids)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+def _query(args: argparse.Namespace, limit: int | None = None):  # type: ignore[no-untyped-def]
+    from proxy.spool import DeadQuery
+
+    return DeadQuery(getattr(args, "destination", None), _since(getattr(args, "since", None)),
+                     _since(getattr(args, "until", None)), tuple(str(i) for i in getattr(args, "ids", None) or ()),
+                     limit)
 
 
 def cmd_dead_list(args: argparse.Namespace) -> int:
-    conn = _db(_load(args.config))
-    where, params = _where(args)
-    rows = conn.execute(
-        f"SELECT id, dest, at, attempts, status, message_id, reason FROM dead{where} ORDER BY id LIMIT ?",
-        (*params, args.limit)).fetchall()
-    total = conn.execute(f"SELECT COUNT(*) FROM dead{where}", params).fetchone()[0]
+    async def run(spool):  # type: ignore[no-untyped-def]
+        return await spool.dead_letters(_query(args, args.limit))
+    rows, total = _run(_load(args.config), run)
     if args.json:
         for r in rows:
-            print(orjson.dumps(dict(zip(("id", "destination", "at", "attempts", "status", "message_id", "reason"), r))).decode())
+            print(orjson.dumps({"id": int(r.id) if r.id.isdigit() else r.id, "destination": r.destination, "at": r.at,
+                                "attempts": r.attempts, "status": r.status, "message_id": r.message_id,
+                                "reason": r.reason}).decode())
         return 0
     print(f"{'ID':>6}  {'DESTINATION':<18} {'AT (UTC)':<19}  {'TRIES':>5}  {'STATUS':>6}  {'MESSAGE ID':<38} REASON")
     for r in rows:
-        print(f"{r[0]:>6}  {r[1]:<18} {_ts(r[2]):<19}  {r[3]:>5}  {r[4] if r[4] is not None else '-':>6}  "
-              f"{(r[5] or '')[:38]:<38} {r[6][:80]}")
+        print(f"{r.id:>6}  {r.destination:<18} {_ts(r.at):<19}  {r.attempts:>5}  "
+              f"{r.status if r.status is not None else '-':>6}  {(r.message_id or '')[:38]:<38} {r.reason[:80]}")
     print(f"{total} dead letter(s){' (showing ' + str(len(rows)) + ')' if total > len(rows) else ''}")
     return 0
 
 
 def cmd_dead_show(args: argparse.Namespace) -> int:
-    conn = _db(_load(args.config))
-    row = conn.execute(
-        "SELECT id, dest, at, attempts, status, reason, response, source, message_id, event FROM dead WHERE id = ?",
-        (args.id,)).fetchone()
-    if row is None:
+    async def run(spool):  # type: ignore[no-untyped-def]
+        return await spool.dead_letter(str(args.id))
+    dl = _run(_load(args.config), run)
+    if dl is None:
         print(f"no dead letter {args.id}", file=sys.stderr)
         return 1
-    out = dict(zip(("id", "destination", "at", "attempts", "status", "reason", "response", "source", "message_id"), row))
-    out["at"] = _ts(out["at"])
-    out["event"] = orjson.loads(row[9])
+    out = {"id": int(dl.id) if dl.id.isdigit() else dl.id, "destination": dl.destination, "at": _ts(dl.at),
+           "attempts": dl.attempts, "status": dl.status, "reason": dl.reason, "response": dl.response,
+           "source": dl.source, "message_id": dl.message_id, "event": orjson.loads(dl.event) if dl.event else None}
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -221,29 +245,83 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     config = _load(args.config)
-    conn = _db(config)
-    known = {d.name for d in config.destinations if d.enabled}
-    where, params = _where(args)
-    ids = [r[0] for r in conn.execute(f"SELECT id, dest FROM dead{where} ORDER BY id", params) if r[1] in known]
-    skipped = conn.execute(f"SELECT COUNT(*) FROM dead{where}", params).fetchone()[0] - len(ids)
-    if not ids:
+    known = [d.name for d in config.destinations if d.enabled]
+
+    async def run(spool):  # type: ignore[no-untyped-def]
+        query = _query(args)
+        _, total = await spool.dead_letters(query)
+        with tqdm(total=total, unit="event", desc="replaying", disable=args.quiet) as bar:
+            replayed = await spool.replay(query, known, bar.update)
+        return total, replayed
+    total, replayed = _run(config, run)
+    skipped = total - replayed
+    if not replayed:
         print("nothing to replay" + (f" ({skipped} for destinations not enabled in this config)" if skipped else ""))
         return 0
-    now = time.time()
-    with tqdm(total=len(ids), unit="event", desc="replaying", disable=args.quiet) as bar:
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO retry (dest, due, attempts, first_failed, last_status, last_error, source, key_index, event) "
-                f"SELECT dest, ?, 0, ?, NULL, 'replayed from dead letters', source, key_index, event FROM dead WHERE id IN ({marks})",
-                (now, now, *chunk))
-            conn.execute(f"DELETE FROM dead WHERE id IN ({marks})", chunk)
-            conn.execute("COMMIT")
-            bar.update(len(chunk))
-    print(f"{len(ids)} event(s) put back on their destination's queue"
+    print(f"{replayed} event(s) put back on their destination's queue"
           + (f"; {skipped} left (destination not enabled in this config)" if skipped else ""))
+    return 0
+
+
+def cmd_spool_stats(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    names = [d.name for d in config.destinations if d.enabled]
+
+    async def run(spool):  # type: ignore[no-untyped-def]
+        return await spool.stats(names, exact=args.exact or args.json)
+    stats = _run(config, run).as_dict()
+    if args.json:
+        print(orjson.dumps(stats).decode())
+        return 0
+    print(f"engine {stats['engine']}: {stats['events']} event(s), {stats['bytes']:,} of {stats['max_bytes']:,} bytes"
+          + (" (FULL: ingest answers 429)" if stats["full"] else ""))
+    for name, d in stats["destinations"].items():
+        oldest = _ts(d["oldest_undelivered"]) if d["oldest_undelivered"] else "-"
+        print(f"  {name:<20} backlog {d['backlog']:>9}  retries {d['retries']:>7}  dead {d['dead']:>7}  "
+              f"oldest undelivered {oldest}")
+    return 0
+
+
+def cmd_spool_events(args: argparse.Namespace) -> int:
+    async def run(spool):  # type: ignore[no-untyped-def]
+        return await spool.events(args.limit)
+    for ev in _run(_load(args.config), run):
+        print(orjson.dumps({**ev.event, "_trackrelay": {"source": ev.source, "destinations": list(ev.destinations),
+                                                        "skipped": dict(ev.skipped)}}).decode())
+    return 0
+
+
+def cmd_spool_migrate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if getattr(config.storage, "engine", "embedded") != "embedded":
+        print("spool migrate converts embedded spools only", file=sys.stderr)
+        return 2
+    from proxy.spool.embedded import migrate
+
+    path = Path(config.storage.path)
+    if not migrate.needed(path):
+        print(f"{path}: nothing to migrate")
+        return 0
+    _run(config, lambda spool: _noop())  # opening it as an operator converts it (under the instance lock)
+    print(f"{path}: migrated; the old file is kept as {path / migrate.KEPT} (delete it once you are satisfied)")
+    return 0
+
+
+async def _noop() -> None:
+    return None
+
+
+def cmd_spool_forget(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.destination in {d.name for d in config.destinations if d.enabled} and not args.force:
+        print(f"{args.destination!r} is an enabled destination in {args.config}; use --force to reset it anyway",
+              file=sys.stderr)
+        return 2
+
+    async def run(spool):  # type: ignore[no-untyped-def]
+        return await spool.forget(args.destination)
+    removed = _run(config, run)
+    print(f"{args.destination}: cursor and {removed} retr{'y' if removed == 1 else 'ies'} removed (dead letters kept)")
     return 0
 
 
@@ -289,6 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", required=True)
     show.add_argument("id", type=int)
     show.set_defaults(func=cmd_dead_show)
+
+    spool = sub.add_parser("spool", help="inspect and maintain the spool")
+    ssub = spool.add_subparsers(dest="action", required=True)
+    p = ssub.add_parser("stats", help="sizes, backlogs, retries and dead letters per destination")
+    p.add_argument("--config", required=True)
+    p.add_argument("--exact", action="store_true", help="count backlogs (reads the whole log) instead of estimating")
+    p.add_argument("--json", action="store_true", help="one JSON object (exact counts)")
+    p.set_defaults(func=cmd_spool_stats)
+    p = ssub.add_parser("events", help="stored events as delivery sees them (enriched), one JSON object per line")
+    p.add_argument("--config", required=True)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_spool_events)
+    p = ssub.add_parser("migrate", help="convert a spool written before 0.2 (spool.db) to the segment log")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_spool_migrate)
+    p = ssub.add_parser("forget", help="remove the cursor and retries of a destination no longer configured")
+    p.add_argument("--config", required=True)
+    p.add_argument("destination")
+    p.add_argument("--force", action="store_true", help="even if the destination is in the config")
+    p.set_defaults(func=cmd_spool_forget)
     return parser
 
 

@@ -218,6 +218,9 @@ class LimitsConfig(_Model):
     max_request_bytes: int = Field(500 * 1024, description="Largest accepted request body, after decompression.")
     max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
     max_message_id_length: int = Field(100, ge=1, description="Longest accepted messageId.")
+    max_nesting_depth: int = Field(
+        64, ge=2, le=512, description="Deepest nesting of objects and arrays in one event (the event itself is "
+                                      "level 1); deeper events are refused with too_deeply_nested.")
 
     @field_validator("max_event_bytes", "max_request_bytes", mode="before")
     @classmethod

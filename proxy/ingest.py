@@ -1,8 +1,15 @@
-"""Tracking API handlers: auth, decode, limits, parse, check, enrich, route, spool, answer.
+"""Tracking API handlers: auth, decode, limits, check, route, spool, answer.
 
 Answers follow what Segment's clients need (shared/reference/segment-api.md §4): success is exactly
 ``200 {"success": true}``; errors are JSON ``{"success": false, "code", "message"}`` so every SDK
-version stops retrying (400), or retries later (429 with Retry-After).
+version stops retrying (400), or retries later (429/503 with Retry-After).
+
+Ingest decodes only what its checks and routing read (msgspec structs; objects such as properties,
+traits and context stay raw bytes) and hands the spool each accepted item's JSON exactly as the
+client sent it, with what it decided (proxy/spool/base.py ``Append``). Enrichment (receivedAt,
+messageId, timestamp correction, context.ip, channel...) is applied when delivery reads, by the same
+functions (proxy/enrich.py), from the facts recorded here. So no event is parsed into dicts or
+re-encoded on the hot path, and numbers stay exactly as sent.
 """
 
 from __future__ import annotations
@@ -10,23 +17,72 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
+import time
+import uuid
 import zlib
+from itertools import accumulate
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
 
 from proxy import spec
 from proxy.config import Config
-from proxy.enrich import batch_sent_at, enrich, merge_batch_fields, received_now
 from proxy.metrics import METRICS
 from proxy.routing import Router
-from proxy.spool.sqlite import IngestItem, Spool, dedup_hash
+from proxy.spool import Append, Item, Route, Spool, SpoolFull, SpoolUnavailable, dedup_hash
 
 log = structlog.get_logger("trackrelay.ingest")
 
 _SUCCESS_BODY = b'{"success":true}'
+_Raw = msgspec.Raw
+_ABSENT = msgspec.Raw()  # an empty Raw: the field was not sent
+
+
+class _Fields(msgspec.Struct, forbid_unknown_fields=False):
+    """The fields of one event that checks and routing read; everything else stays in the raw bytes."""
+
+    type: Any = None
+    userId: Any = None
+    anonymousId: Any = None
+    event: Any = None
+    name: Any = None
+    category: Any = None
+    groupId: Any = None
+    previousId: Any = None
+    messageId: Any = None
+    timestamp: Any = None
+    originalTimestamp: Any = None
+    sentAt: Any = None
+    writeKey: Any = None
+    properties: _Raw = _ABSENT
+    traits: _Raw = _ABSENT
+    context: _Raw = _ABSENT
+    integrations: _Raw = _ABSENT
+
+
+class _Batch(msgspec.Struct, forbid_unknown_fields=False):
+    batch: _Raw = _ABSENT
+    writeKey: Any = None
+    sentAt: Any = None
+    context: _Raw = _ABSENT
+    integrations: _Raw = _ABSENT
+
+
+_decode_fields = msgspec.json.Decoder(_Fields).decode
+_decode_batch = msgspec.json.Decoder(_Batch).decode
+_decode_items = msgspec.json.Decoder(list[_Raw]).decode
+_decode_any = msgspec.json.Decoder().decode
+
+# numbers that may not survive as sent: 19+ digits (beyond 64 bits?) or a 3-digit exponent (overflow?)
+_SUSPECT_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d{19}|[\d.]+[eE][+-]?\d{3})")
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+_DEPTH_STEP = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -35,9 +91,43 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deeply objects and arrays nest in a JSON value (1 for a flat object)."""
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
+
+
+def _out_of_range(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and not _INT_MIN <= v <= _INT_MAX:
+            return True
+    return False
+
+
+def _present(raw: _Raw) -> bool:
+    """A raw field was sent, and not as null."""
+    return len(raw) > 0 and memoryview(raw)[0] != 0x6E  # "n": null
+
+
+def _as_field(raw: _Raw, merged: bool = False) -> Any:
+    """What spec.check sees of an object field kept raw: a dict when it is an object (or when a
+    batch-level object of that name replaces what is not one, as merge_batch_fields does)."""
+    if not _present(raw):
+        return {} if merged else None
+    if merged or memoryview(raw)[0] == 0x7B:  # "{"
+        return {}
+    return "not an object"
 
 
 class Ingest:
@@ -50,7 +140,7 @@ class Ingest:
             key: (src.name, i) for src in config.sources for i, key in enumerate(src.write_keys)
         }
         self.trusted = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
-        self._headers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], bytes] = {}
+        self._routes: dict[tuple[Any, ...], Route] = {}
         # labelled counters resolved once: .labels() on every request is measurable
         self._received = {s.name: METRICS.events_received.labels(s.name) for s in config.sources}
         self._stored = {s.name: METRICS.events_stored.labels(s.name) for s in config.sources}
@@ -100,13 +190,12 @@ class Ingest:
             raise BadRequest(400, "request_too_large", f"request body exceeds {limit} bytes")
         return data
 
-    def write_key(self, request: web.Request, body: dict[str, Any], items: list[Any] | None) -> str:
-        key = body.get("writeKey")
-        if not isinstance(key, str) or not key:
-            key = None
+    def write_key(self, request: web.Request, body_key: Any, items: list[_Fields] | None) -> str:
+        key = body_key if isinstance(body_key, str) and body_key else None
+        if key is None:
             for item in items or ():
-                if isinstance(item, dict) and isinstance(item.get("writeKey"), str) and item["writeKey"]:
-                    key = item["writeKey"]
+                if isinstance(item.writeKey, str) and item.writeKey:
+                    key = item.writeKey
                     break
         auth = request.headers.get("Authorization")
         if key is None and auth:
@@ -121,19 +210,61 @@ class Ingest:
             raise BadRequest(400, "invalid_request", "An invalid write key was provided")
         return key
 
-    def header(self, dests: list[str], skipped: dict[str, str]) -> bytes:
-        """The routing header stored with an event (cached: few distinct routes exist)."""
-        # a tuple of names, or a pair of tuples when something was skipped: the two shapes never compare equal
-        cache_key: tuple = (tuple(dests), tuple(sorted(skipped.items()))) if skipped else tuple(dests)
-        head = self._headers.get(cache_key)
-        if head is None:
-            meta: dict[str, Any] = {"d": dests}
-            if skipped:
-                meta["x"] = skipped
-            head = orjson.dumps(meta)
-            if len(self._headers) < 4096:
-                self._headers[cache_key] = head
-        return head
+    def route_index(self, routes: list[Route], cache: dict[int, int], source: str, fields: _Fields,
+                    batch_integrations: dict[str, Any] | None) -> int:
+        """Route one item (memoised: few distinct routes exist) and return its index in ``routes``."""
+        integrations: Any = None
+        if _present(fields.integrations):
+            integrations = orjson.loads(bytes(fields.integrations))
+            if batch_integrations and isinstance(integrations, dict):
+                integrations = {**batch_integrations, **integrations}
+        if batch_integrations and not isinstance(integrations, dict):
+            integrations = batch_integrations  # as merge_batch_fields will do at delivery
+        dests, skipped = self.router.route(
+            source, {"type": fields.type, "event": fields.event, "integrations": integrations})
+        key = (tuple(dests), tuple(skipped.items())) if skipped else tuple(dests)
+        route = self._routes.get(key)  # type: ignore[arg-type]
+        if route is None:
+            route = Route(tuple(dests), skipped)
+            if len(self._routes) < 4096:
+                self._routes[key] = route  # type: ignore[index]
+        slot = cache.get(id(route))
+        if slot is None:
+            slot = cache[id(route)] = len(routes)
+            routes.append(route)
+        for dest, reason in skipped.items():
+            METRICS.skipped.labels(dest, reason).inc()
+        return slot
+
+    def check_item(self, raw: bytes, fields: _Fields, call_type: str | None, batch_context: bool,
+                   batch_integrations: bool) -> None:
+        """The spec checks and limits of one item; raises spec.Invalid with the reason."""
+        limits = self.limits
+        view = {
+            "type": fields.type, "userId": fields.userId, "anonymousId": fields.anonymousId, "event": fields.event,
+            "name": fields.name, "category": fields.category, "groupId": fields.groupId,
+            "previousId": fields.previousId, "messageId": fields.messageId, "timestamp": fields.timestamp,
+            "originalTimestamp": fields.originalTimestamp, "sentAt": fields.sentAt,
+            "properties": _as_field(fields.properties), "traits": _as_field(fields.traits),
+            "context": _as_field(fields.context, batch_context),
+            "integrations": _as_field(fields.integrations, batch_integrations),
+        }
+        checked = spec.check(view, call_type, limits.max_message_id_length)
+        fields.type = checked["type"]
+        fields.messageId = checked.get("messageId")
+        if len(raw) > limits.max_event_bytes:
+            raise spec.Invalid("event_too_large", f"event exceeds {limits.max_event_bytes} bytes")
+        depth_limit = limits.max_nesting_depth
+        if raw.count(b"{") + raw.count(b"[") > depth_limit and nesting_depth(raw) > depth_limit:
+            raise spec.Invalid("too_deeply_nested", f"objects and arrays nest deeper than {depth_limit} levels")
+        if _SUSPECT_NUMBER.search(raw):
+            try:
+                value = _decode_any(raw)
+            except (msgspec.DecodeError, RecursionError):
+                raise spec.Invalid("number_out_of_range", "a number is out of range (not a finite double)") from None
+            if _out_of_range(value):
+                raise spec.Invalid("number_out_of_range",
+                                   "an integer is outside the 64-bit range; send it as a string to keep every digit")
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -149,112 +280,132 @@ class Ingest:
         except BadRequest as exc:
             METRICS.requests_rejected.labels(exc.code).inc()
             log.info("request_rejected", code=exc.code, reason=exc.message, path=request.path)
-            return error(exc.status, exc.code, exc.message)
+            return error(exc.status, exc.code, exc.message, exc.headers)
 
     async def _handle(self, request: web.Request, segment: str, call_type: str | None) -> web.Response:
         data = await self.read_body(request)
         prepared = self.prepare(request, data, segment, call_type)
-        # Only bytes are kept across the commit wait: the parsed request is garbage by now, so the
-        # next request's parse reuses warm memory and the collector has little to walk.
         del data
-        if isinstance(prepared, web.Response):
-            return prepared
-        source, key_index, received_ts, spool_items, rejected_count = prepared
         try:
-            result = await self.spool.append(source, key_index, received_ts, spool_items)
-        except Exception as exc:  # a storage failure is ours, not the client's: 503, SDKs retry
+            result = await self.spool.append(prepared)
+        except SpoolFull:
+            raise BadRequest(429, "spool_full", "the spool is full; retry later",
+                             {"Retry-After": "30", "X-RateLimit-Reset": "30"}) from None
+        except (SpoolUnavailable, OSError) as exc:  # ours, not the client's: 503, SDKs retry
             log.error("spool_append_failed", error=repr(exc))
-            return error(503, "storage_unavailable", "could not store the events; retry later",
-                         headers={"Retry-After": "5"})
-        self._stored[source].inc(result.stored)
+            raise BadRequest(503, "storage_unavailable", "could not store the events; retry later",
+                             {"Retry-After": "5"}) from None
+        self._stored[prepared.source].inc(result.stored)
         if result.duplicates:
-            METRICS.duplicates.labels(source).inc(result.duplicates)
-        if rejected_count:
+            METRICS.duplicates.labels(prepared.source).inc(result.duplicates)
+        if prepared.rejected:
             return web.Response(body=_SUCCESS_BODY, content_type="application/json",
-                                headers={"X-Trackrelay-Rejected": str(rejected_count)})
+                                headers={"X-Trackrelay-Rejected": str(len(prepared.rejected))})
         return web.Response(body=_SUCCESS_BODY, content_type="application/json")
 
-    def prepare(self, request: web.Request, data: bytes, segment: str, call_type: str | None
-                ) -> web.Response | tuple[str, int, float, list[IngestItem], int]:
-        """Parse, check, enrich and route a request body: (source, key index, receivedAt, the
-        encoded items to store, how many items were rejected), or an error response to send."""
+    def prepare(self, request: web.Request, data: bytes, segment: str, call_type: str | None) -> Append:
+        """Decode, check and route a request body into what the spool stores (an Append with the
+        accepted items' raw JSON); raises BadRequest for a request refused as a whole."""
+        if not data.isascii():
+            try:
+                data.decode("utf-8")  # what is kept raw is not decoded below: check the whole body once
+            except UnicodeDecodeError:
+                raise BadRequest(400, "invalid_json", "request body is not valid UTF-8") from None
         try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            if call_type is None:
+                batch = _decode_batch(data)
+            else:
+                single = _decode_fields(data)
+        except msgspec.ValidationError:
+            raise BadRequest(400, "invalid_json", "request body must be a JSON object") from None
+        except (msgspec.DecodeError, RecursionError):
             raise BadRequest(400, "invalid_json", "request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest(400, "invalid_json", "request body must be a JSON object")
 
         if call_type is None:
-            items = body.get("batch")
-            if not isinstance(items, list):
+            if not _present(batch.batch):
                 raise BadRequest(400, "invalid_batch", "batch must be an array of events")
-            if len(items) > self.limits.max_batch_events:
+            try:
+                raws = _decode_items(batch.batch)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise BadRequest(400, "invalid_batch", "batch must be an array of events") from None
+            if len(raws) > self.limits.max_batch_events:
                 raise BadRequest(400, "batch_too_large",
-                                 f"batch has {len(items)} events; at most {self.limits.max_batch_events}")
+                                 f"batch has {len(raws)} events; at most {self.limits.max_batch_events}")
+            parsed: list[_Fields | None] = []
+            items_raw: list[bytes] = []
+            for r in raws:
+                raw = bytes(r)
+                items_raw.append(raw)
+                try:
+                    parsed.append(_decode_fields(raw))
+                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                    parsed.append(None)  # not an object: refused below with its reason
+            key = self.write_key(request, batch.writeKey, [p for p in parsed if p is not None])
         else:
-            items = None
+            parsed, items_raw = [single], [data]
+            key = self.write_key(request, single.writeKey, None)
 
-        key = self.write_key(request, body, items)
         known = self.keys.get(key)
         if known is None:
             raise BadRequest(401, "invalid_write_key", "unknown write key")
         source, key_index = known
-        if self.spool.full:
-            METRICS.requests_rejected.labels("spool_full").inc()
-            return error(429, "spool_full", "the spool is full; retry later",
-                         headers={"Retry-After": "30", "X-RateLimit-Reset": "30"})
+        refusal = self.spool.refusal()
+        if refusal is not None:
+            METRICS.requests_rejected.labels(refusal.code).inc()
+            headers = {"Retry-After": str(refusal.retry_after)}
+            if refusal.status == 429:
+                headers["X-RateLimit-Reset"] = str(refusal.retry_after)
+            raise BadRequest(refusal.status, refusal.code, refusal.message, headers)
 
-        received_ts, received_iso = received_now()
-        client_ip = self.client_ip(request)
-        short = segment in spec.SHORT_PATHS
-        max_event = self.limits.max_event_bytes
-        max_mid = self.limits.max_message_id_length
+        context_raw = integrations_raw = None
+        batch_integrations: dict[str, Any] | None = None
+        sent_at = None
+        if call_type is None:
+            if _present(batch.context) and memoryview(batch.context)[0] == 0x7B and bytes(batch.context) != b"{}":
+                context_raw = bytes(batch.context)
+            if _present(batch.integrations) and memoryview(batch.integrations)[0] == 0x7B:
+                integrations_raw = bytes(batch.integrations)
+                batch_integrations = orjson.loads(integrations_raw) or None
+                if not batch_integrations:
+                    integrations_raw = None
+            sent_at = batch.sentAt if isinstance(batch.sentAt, str) else None
 
-        if items is None:
-            body.pop("writeKey", None)
+        items: list[Item] = []
+        rejected: list[tuple[int, str]] = []
+        messages: list[str] = []
+        routes: list[Route] = []
+        route_cache: dict[int, int] = {}
+        for index, (fields, raw) in enumerate(zip(parsed, items_raw)):
             try:
-                event = spec.check(body, call_type, max_mid)
+                if fields is None:
+                    raise spec.Invalid("not_an_object", "each event must be a JSON object")
+                self.check_item(raw, fields, call_type, context_raw is not None, integrations_raw is not None)
             except spec.Invalid as exc:
+                rejected.append((index, exc.reason))
+                messages.append(exc.message)
                 METRICS.events_rejected.labels(source, exc.reason).inc()
-                raise BadRequest(400, exc.reason, exc.message) from None
-            if len(data) > max_event:
-                METRICS.events_rejected.labels(source, "event_too_large").inc()
-                raise BadRequest(400, "event_too_large", f"event exceeds {max_event} bytes")
-            events = [enrich(event, received_ts, received_iso, None, client_ip, short)]
-            rejected: list[tuple[int, str, str]] = []
-        else:
-            events = []
-            rejected = []
-            batch_sent = batch_sent_at(body)
-            has_batch_fields = isinstance(body.get("context"), dict) or isinstance(body.get("integrations"), dict)
-            for index, item in enumerate(items):
-                try:
-                    if isinstance(item, dict) and has_batch_fields:
-                        merge_batch_fields(item, body)
-                    event = spec.check(item, None, max_mid)
-                    if len(data) > max_event and len(orjson.dumps(event)) > max_event:
-                        raise spec.Invalid("event_too_large", f"event exceeds {max_event} bytes")
-                except spec.Invalid as exc:
-                    rejected.append((index, exc.reason, exc.message))
-                    continue
-                events.append(enrich(event, received_ts, received_iso, batch_sent, client_ip, short))
-            for index, reason, message in rejected:
-                METRICS.events_rejected.labels(source, reason).inc()
-                item = items[index]
-                mid = item.get("messageId") if isinstance(item, dict) else None
-                log.warning("event_rejected", source=source, index=index, reason=reason, detail=message,
+                if call_type is not None:
+                    raise BadRequest(400, exc.reason, exc.message) from None
+                mid = fields.messageId if fields is not None else None
+                log.warning("event_rejected", source=source, index=index, reason=exc.reason, detail=exc.message,
                             message_id=mid if isinstance(mid, str) else None)
-            if not events:
-                first = rejected[0] if rejected else (0, "empty_batch", "batch has no events")
-                raise BadRequest(400, first[1], f"no valid event in batch; first error (item {first[0]}): {first[2]}")
+                continue
+            generated = None
+            mid = fields.messageId
+            if not mid:
+                mid = generated = f"api-{uuid.uuid4()}"
+            items.append(Item(raw, dedup_hash(source, mid), self.route_index(
+                routes, route_cache, source, fields, batch_integrations), index, generated))
 
-        self._received[source].inc(len(events) + len(rejected))
-        spool_items = []
-        for event in events:
-            dests, skipped = self.router.route(source, event)
-            for dest, reason in skipped.items():
-                METRICS.skipped.labels(dest, reason).inc()
-            spool_items.append(IngestItem(dedup_hash(source, event["messageId"]), self.header(dests, skipped),
-                                          orjson.dumps(event)))
-        return source, key_index, received_ts, spool_items, len(rejected)
+        self._received[source].inc(len(items) + len(rejected))
+        if not items:
+            if not rejected:
+                raise BadRequest(400, "empty_batch", "batch has no events")
+            (index, reason), message = rejected[0], messages[0]
+            raise BadRequest(400, reason, f"no valid event in batch; first error (item {index}): {message}")
+        return Append(
+            source, key_index, time.time(), items, routes, client_ip=self.client_ip(request),
+            short_path=segment in spec.SHORT_PATHS, call_type=call_type, sent_at=sent_at, context=context_raw,
+            integrations=integrations_raw, rejected=rejected,
+        )
+

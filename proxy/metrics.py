@@ -34,10 +34,14 @@ class Metrics:
             "trackrelay_delivery_latency_seconds", "receivedAt to delivery.", ["destination"], registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
-        self.backlog = Gauge("trackrelay_destination_backlog_rows", "Spool log rows not yet read by the destination.", ["destination"], registry=r,
-                             multiprocess_mode="mostrecent")
+        self.backlog = Gauge("trackrelay_destination_backlog_events", "Events routed to the destination and not settled yet "
+                             "(estimated from the log's bytes; `trackrelay spool stats --exact` counts).", ["destination"],
+                             registry=r, multiprocess_mode="mostrecent")
         self.retry_queue = Gauge("trackrelay_destination_retry_events", "Events waiting for a durable retry.", ["destination"],
                                  registry=r, multiprocess_mode="mostrecent")
+        self.dedup_window = Gauge("trackrelay_dedup_window_seconds", "How long a (source, messageId) is remembered at "
+                                  "least: storage.dedup_window, or less when storage.dedup_memory fills first.",
+                                  registry=r, multiprocess_mode="mostrecent")
         self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r, multiprocess_mode="mostrecent")
 
     def exposition(self) -> bytes:

@@ -5,9 +5,10 @@ The main process binds the port and starts ``workers - 1`` ingest workers, each 
 too, all with SO_REUSEPORT: the kernel spreads new connections evenly over the processes. (With one
 inherited socket, whichever process is idle first takes the connection, and under a burst of
 keep-alive connections one process ends up with nearly all of them.)
-Each worker runs the same ingest path on its own spool writer (transactions serialised by the
-spool's flock), and after each commit writes the last log id to a pipe, so the delivery workers in
-the main process read new rows at once. Only the main process runs delivery and maintenance.
+Each worker runs the same ingest path on its own spool (role "ingest": appends only; the spool
+serialises writers of several processes itself), and after each commit writes the spool's commit
+token to a pipe, so the delivery workers in the main process see new events at once. Only the main
+process runs delivery and the spool's housekeeping.
 
 A worker that exits unexpectedly is started again. A worker whose parent dies (even by SIGKILL)
 sees end-of-file on its stdin and shuts down gracefully: requests in flight are committed and
@@ -22,15 +23,28 @@ import errno
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 
 import structlog
 
-from proxy.spool.sqlite import NOTIFY_RECORD, Spool
+from proxy.spool import Spool
 
 log = structlog.get_logger("trackrelay.workers")
+
+# A record on the notify pipe of an ingest worker: the spool's commit token (proxy/spool/base.py
+# Spool.on_commit), or -index when worker ``index`` is up. 8 bytes, so each write is atomic on a pipe.
+NOTIFY_RECORD = struct.Struct("<q")
+
+
+def commit_notifier(notify_fd: int):  # type: ignore[no-untyped-def]
+    """In an ingest worker: the spool's on_commit, writing each commit token to the pipe."""
+    def notify(token: int) -> None:
+        with contextlib.suppress(OSError):  # a full pipe: the main process's periodic refresh catches up
+            os.write(notify_fd, NOTIFY_RECORD.pack(token))
+    return notify
 
 
 def listen_socket(host: str, port: int, wait: float = 10.0) -> socket.socket:

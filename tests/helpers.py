@@ -5,7 +5,7 @@
         tr.write_key           # the write key of source "web"
         tr.post("/v1/track", {...})            # -> (status, json)
         tr.kill(); tr.start()  # SIGKILL and restart on the same spool
-        tr.spool_events()      # every stored event (reads the SQLite spool directly)
+        tr.spool_events()      # every stored event, enriched (through the spool port)
 
 Destinations are config dicts exactly as in trackrelay.yaml (name, type, settings, delivery...).
 """
@@ -165,25 +165,39 @@ class TrackRelay:
             except orjson.JSONDecodeError:
                 return e.code, payload, dict(e.headers)
 
+    def _spool(self, fn):  # type: ignore[no-untyped-def]
+        """``await fn(spool)`` on this server's spool, opened as an operator (the port, as the CLI does)."""
+        import asyncio
+
+        from proxy.config import load_config
+        from proxy.spool import open_spool
+
+        storage = load_config(self.config_path).storage
+
+        async def main():  # type: ignore[no-untyped-def]
+            spool = open_spool(storage, role="admin")
+            await spool.start()
+            try:
+                return await fn(spool)
+            finally:
+                await spool.close()
+        return asyncio.run(main())
+
     def wait_dead_letters(self, dest: str, count: int, timeout: float = 15.0) -> list[tuple[str, str]]:
         """(message_id, reason) of the destination's dead letters once there are ``count`` of them
-        (or whatever is there when ``timeout`` runs out), read straight from the spool."""
-        from proxy.spool.sqlite import connect
+        (or whatever is there when ``timeout`` runs out), read through the spool port."""
+        from proxy.spool import DeadQuery
 
         deadline = time.monotonic() + timeout
         while True:
-            conn = connect(self.data_dir, readonly=True)
-            try:
-                rows = conn.execute(
-                    "SELECT message_id, reason FROM dead WHERE dest = ? ORDER BY id", (dest,)).fetchall()
-            finally:
-                conn.close()
+            rows, _ = self._spool(lambda spool: spool.dead_letters(DeadQuery(destination=dest)))
             if len(rows) >= count or time.monotonic() > deadline:
-                return [tuple(r) for r in rows]
+                return [(r.message_id, r.reason) for r in rows]
             time.sleep(0.1)
 
     def spool_events(self) -> list[dict[str, Any]]:
-        """Every event stored in the spool, in arrival order (read straight from SQLite)."""
-        from proxy.spool.sqlite import read_all_events
-
-        return read_all_events(self.data_dir)
+        """Every event in the spool, in arrival order, enriched as delivery sees it, each with
+        ``_trackrelay`` = {source, destinations, skipped} (read through the spool port)."""
+        stored = self._spool(lambda spool: spool.events())
+        return [{**e.event, "_trackrelay": {"source": e.source, "destinations": list(e.destinations),
+                                            "skipped": dict(e.skipped)}} for e in stored]

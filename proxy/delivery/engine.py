@@ -1,20 +1,21 @@
-"""Delivery: one worker per enabled destination pulls its events from the spool, batches them,
-asks the adapter for request descriptions, sends them, classifies the answers and records every
-outcome — delivered, skipped (with a reason), rescheduled durably, or dead-lettered with the
-last response. Nothing here knows a vendor's API.
+"""Delivery: one worker per enabled destination leases its events from the spool, batches them,
+asks the adapter for request descriptions, sends them, classifies the answers and settles every
+outcome with the spool — delivered, skipped (with a reason), rescheduled durably, or dead-lettered
+with the last response. Nothing here knows a vendor's API, nor how the spool stores anything.
 
 Per destination:
-- a reader follows the spool log from the destination's cursor and takes due retries first;
+- due retries come first, then new events in arrival order (the spool's lease);
 - batches flush on ``max_batch_events``, ``max_batch_bytes`` or ``flush_interval``;
 - up to ``concurrency`` batches are in flight; each request gets a few quick in-flight retries
   (tenacity) before a failure is rescheduled durably with exponential backoff and jitter, capped
   at ``backoff_max``, Retry-After winning; past ``retry_window`` the event is dead-lettered;
-- while a destination is failing, it stops reading new events (its backlog stays on disk) and
-  only retries its rescheduled events, so a dead destination costs neither memory nor the other
-  destinations anything;
-- the cursor moves past a log row only after all its events are resolved, in the same spool
-  transaction that stores their retries and dead letters, so a crash re-delivers (at-least-once)
-  and never loses.
+- a message that needs several requests (an import plus a profile update...) remembers which of
+  them succeeded, so a retry does not send those again;
+- while a destination is failing, it stops leasing new events (its backlog stays in the spool)
+  and only retries its rescheduled events, so a dead destination costs neither memory nor the
+  other destinations anything;
+- the spool moves a destination past an event only once it is settled, so a crash re-delivers
+  (at-least-once) and never loses.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 import sys
 import time
-from datetime import datetime
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
@@ -47,25 +46,12 @@ from destinations.base import (
 )
 from proxy.config import Config, DestinationConfig, EffectiveDelivery
 from proxy.metrics import METRICS
-from proxy.spool.sqlite import Spool
+from proxy.spool import Disposition, Settlement, Spool, Work
 
 log = structlog.get_logger("trackrelay.delivery")
 
 INFLIGHT_MAX_WAIT = 5.0  # longer Retry-After values are waited out durably, not in flight
 _SEVERITY = {Verdict.OK: 0, Verdict.RETRY: 1, Verdict.PERMANENT: 2}
-
-
-@dataclass(slots=True)
-class Entry:
-    raw: bytes  # the stored event's JSON
-    source: str
-    key_index: int
-    size: int
-    log_id: int | None = None      # from the log ...
-    retry_id: int | None = None    # ... or from the retry table
-    attempts: int = 0
-    first_failed: float | None = None
-    received_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +62,7 @@ class Result:
     response: str | None = None
     retry_after: float | None = None
     attempts: int = 0
+    done: frozenset[str] = frozenset()  # keys of requests for this message that succeeded
 
 
 @dataclass(slots=True)
@@ -100,16 +87,10 @@ class DestinationWorker:
         self.d = delivery
         self.spool = spool
         self.engine = engine
-        self.new_data = spool.subscribe()
         self.wake = asyncio.Event()
-        self.cursor = 0
-        self.read_pos = 0
-        self.pending: OrderedDict[int, int] = OrderedDict()  # log row id -> events not yet resolved
-        self.buffer: deque[Entry] = deque()
+        self.buffer: deque[Work] = deque()
         self.buffer_since: float | None = None
         self.paused_until = 0.0
-        self.inflight_retry_ids: set[int] = set()
-        self.next_retry_check = 0.0
         self.inflight: set[asyncio.Task] = set()
         self.sem = asyncio.Semaphore(delivery.concurrency)
         self.stopping = False
@@ -121,7 +102,6 @@ class DestinationWorker:
     # -- reading --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.cursor = self.read_pos = await self.spool.cursor(self.name)
         self.task = asyncio.create_task(self.run(), name=f"deliver:{self.name}")
 
     async def run(self) -> None:
@@ -147,55 +127,43 @@ class DestinationWorker:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("deliver_failed", error=repr(task.exception()))
 
-    async def next_batch(self) -> list[Entry] | None:
-        now = time.time()
-        if now >= self.next_retry_check:
-            retries = await self._due_retries(now)
-            if retries:
-                return retries
-        if now < self.paused_until:
-            await self._sleep(min(self.paused_until, self.next_retry_check) - now)
-            return None
-        if len(self.buffer) < self.d.max_batch_events:
-            await self._fill()
+    async def next_batch(self) -> list[Work] | None:
+        paused = time.time() < self.paused_until
+        room = self.d.max_batch_events - len(self.buffer)
+        if room > 0:
+            got = await self.spool.lease(self.name, room, self.d.max_batch_bytes, new=not paused)
+            if got:
+                self.buffer.extend(got)
         if not self.buffer:
-            await self._wait(min(1.0, max(0.0, self.next_retry_check - time.time())) or 1.0)
+            if paused:  # only a due retry or an outcome (stop, a success) changes anything now
+                await self._sleep(min(self.paused_until - time.time(), 1.0))
+            else:
+                await self.spool.wait(self.name, 1.0)
             return None
         if self.buffer_since is None:
             self.buffer_since = time.monotonic()
         if len(self.buffer) < self.d.max_batch_events and self._buffered_bytes() < self.d.max_batch_bytes:
             remaining = self.d.flush_interval - (time.monotonic() - self.buffer_since)
             if remaining > 0 and not self.stopping:
-                await self._wait(remaining)
-                await self._fill()
-                if len(self.buffer) < self.d.max_batch_events and time.monotonic() - self.buffer_since < self.d.flush_interval:
-                    return None
+                await self.spool.wait(self.name, remaining)
+                if time.monotonic() - self.buffer_since < self.d.flush_interval:
+                    return None  # lease what came meanwhile, then decide again
         return self._take()
 
     def _buffered_bytes(self) -> int:
-        return sum(e.size for e in self.buffer)
+        return sum(w.size for w in self.buffer)
 
-    def _take(self) -> list[Entry]:
-        batch: list[Entry] = []
+    def _take(self) -> list[Work]:
+        batch: list[Work] = []
         size = 0
         while self.buffer and len(batch) < self.d.max_batch_events:
-            entry = self.buffer[0]
-            if batch and size + entry.size > self.d.max_batch_bytes:
+            work = self.buffer[0]
+            if batch and size + work.size > self.d.max_batch_bytes:
                 break
             batch.append(self.buffer.popleft())
-            size += entry.size
+            size += work.size
         self.buffer_since = time.monotonic() if self.buffer else None
         return batch
-
-    async def _wait(self, seconds: float) -> None:
-        """Wait for new events in the log (or a state change), at most ``seconds``."""
-        if seconds <= 0 or self.stopping:
-            return
-        self.new_data.clear()
-        if self.spool.last_log_id > self.read_pos:  # committed before we cleared: no lost wake-up
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.new_data.wait(), seconds)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait while paused: only a state change (an outcome recorded, stop) wakes us early."""
@@ -205,77 +173,17 @@ class DestinationWorker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.wake.wait(), seconds)
 
-    async def _fill(self) -> None:
-        if self.read_pos >= self.spool.last_log_id:
-            return
-        # about one batch worth of events: rows carry 1 (browser) to 2,500 (batch) events
-        want = max(1, self.d.max_batch_events - len(self.buffer))
-        rows = await self.spool.read(lambda conn: Spool.fetch_log(conn, self.read_pos, want))
-        advanced = False
-        for row in rows:
-            mine = [rec for rec in row.records if self.name in rec.destinations]
-            self.read_pos = row.id
-            if not mine:
-                if not self.pending:
-                    self.cursor = row.id
-                    advanced = True
-                else:
-                    self.pending[row.id] = 0
-                continue
-            self.pending[row.id] = len(mine)
-            size = max(1, row.size // len(row.records))  # per-event share of the row's bytes
-            for rec in mine:
-                self.buffer.append(Entry(rec.event, row.source, row.key_index, size, log_id=row.id,
-                                         received_at=row.received_at))
-        if advanced:
-            self._persist_cursor()
-
-    async def _due_retries(self, now: float) -> list[Entry]:
-        limit = self.d.max_batch_events + len(self.inflight_retry_ids)
-        rows = await self.spool.read(lambda conn: Spool.fetch_due_retries(conn, self.name, now, limit))
-        entries = []
-        for r in rows:
-            if r.id in self.inflight_retry_ids:
-                continue
-            self.inflight_retry_ids.add(r.id)
-            entries.append(Entry(r.event, r.source, r.key_index, len(r.event), retry_id=r.id,
-                                 attempts=r.attempts, first_failed=r.first_failed))
-            if len(entries) >= self.d.max_batch_events:
-                break
-        if not entries:
-            nxt = await self.spool.read(lambda conn: Spool.next_retry_due(conn, self.name))
-            # poll at least every second (`trackrelay dead-letters replay` adds rows from outside);
-            # a due row that is in flight right now must not make us poll in a tight loop
-            self.next_retry_check = now + 1.0 if nxt is None else min(max(nxt, now + 0.05), now + 1.0)
-        return entries
-
-    def _advance_cursor(self) -> bool:
-        moved = False
-        while self.pending:
-            row_id, outstanding = next(iter(self.pending.items()))
-            if outstanding > 0:
-                break
-            self.pending.popitem(last=False)
-            self.cursor = row_id
-            moved = True
-        if not self.pending and self.read_pos > self.cursor and not self.buffer:
-            self.cursor = self.read_pos
-            moved = True
-        return moved
-
-    def _persist_cursor(self) -> None:
-        name, pos = self.name, self.cursor
-        self.spool.submit_nowait(lambda conn: conn.execute(
-            "UPDATE cursors SET pos = ? WHERE dest = ? AND pos < ?", (pos, name, pos)))
-
     # -- sending --------------------------------------------------------------------------------
 
-    async def deliver(self, batch: list[Entry]) -> None:
-        messages = [Message(None, e.source, self.engine.write_key(e.source, e.key_index), raw=e.raw) for e in batch]
-        results = await self.send(messages)
+    async def deliver(self, batch: list[Work]) -> None:
+        messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index), raw=w.raw) for w in batch]
+        results = await self.send(messages, [w.done for w in batch])
         await self.record(batch, messages, results)
 
-    async def send(self, messages: list[Message]) -> list[Result]:
+    async def send(self, messages: list[Message], done: list[frozenset[str]] | None = None) -> list[Result]:
+        """Build and send the requests for ``messages``; ``done[i]`` are the keys of requests that
+        already succeeded for message i in an earlier attempt: a request whose messages all did it
+        is not sent again."""
         results: list[Result] = [Result(Verdict.OK) for _ in messages]
         try:
             built: Built = self.adapter.build_requests(messages, self.settings)
@@ -288,6 +196,11 @@ class DestinationWorker:
         for reject in built.rejects:
             results[reject.index] = Result(Verdict.PERMANENT, f"rejected before sending: {reject.reason}")
         for req in built.requests:
+            key = request_key(req)
+            if done and req.messages and all(key in done[i] for i in req.messages):
+                for i in req.messages:
+                    results[i].done |= {key}
+                continue
             outcome, tries = await self.send_request(req)
             for i in req.messages:
                 current = results[i]
@@ -295,9 +208,11 @@ class DestinationWorker:
                     continue
                 mo: MessageOutcome = outcome.for_message(i)
                 current.attempts = max(current.attempts, tries.count)
+                if mo.verdict is Verdict.OK:
+                    current.done |= {key}
                 if _SEVERITY[mo.verdict] > _SEVERITY[current.verdict]:
                     results[i] = Result(mo.verdict, mo.reason, tries.last_status, tries.last_body,
-                                        outcome.retry_after, tries.count)
+                                        outcome.retry_after, tries.count, current.done)
         return results
 
     async def send_request(self, req: Request) -> tuple[Outcome, _Attempts]:
@@ -359,19 +274,17 @@ class DestinationWorker:
 
     # -- recording outcomes ---------------------------------------------------------------------
 
-    async def record(self, batch: list[Entry], messages: list[Message], results: list[Result]) -> None:
+    async def record(self, batch: list[Work], messages: list[Message], results: list[Result]) -> None:
         now = time.time()
-        dead: list[tuple] = []
-        new_retries: list[tuple] = []
-        updated_retries: list[tuple] = []
-        finished_retries: list[tuple[int]] = []
-        delivered = skipped = 0
+        settlements: list[Settlement] = []
+        delivered = 0
         retry_due: list[float] = []
         latency = METRICS.delivery_latency.labels(self.name)
-        for entry, message, res in zip(batch, messages, results):
-            attempts = entry.attempts + res.attempts
+        for work, message, res in zip(batch, messages, results):
+            attempts = work.attempts + res.attempts
+            done = work.done | res.done
             if res.verdict is Verdict.RETRY:
-                first = entry.first_failed or now
+                first = work.first_failed or now
                 if now - first >= self.d.retry_window:
                     res = Result(Verdict.PERMANENT, f"retry window exceeded; last error: {res.reason}",
                                  res.status, res.response, None, res.attempts)
@@ -382,73 +295,34 @@ class DestinationWorker:
                     METRICS.retried.labels(self.name).inc()
                     self.log.info("event_retry", message_id=_message_id(message), attempts=attempts, status=res.status,
                                   reason=res.reason[:300], retry_in=round(delay, 2))
-                    if entry.retry_id is None:
-                        new_retries.append((self.name, due, attempts, first, res.status, res.reason[:2000],
-                                            entry.source, entry.key_index, entry.raw))
-                    else:
-                        updated_retries.append((due, attempts, res.status, res.reason[:2000], entry.retry_id))
+                    settlements.append(Settlement(work, Disposition.RETRY, res.reason[:2000], res.status, None, due,
+                                                  attempts, done, first))
                     continue
-            if entry.retry_id is not None:
-                finished_retries.append((entry.retry_id,))
             if res.verdict is Verdict.PERMANENT:
                 reason_code = "rejected" if res.status is None else f"http_{res.status}"
                 if res.reason.startswith("retry window exceeded"):
                     reason_code = "retry_window"
                 METRICS.dead_lettered.labels(self.name, reason_code).inc()
-                mid = _message_id(message)
-                self.log.warning("event_dead_lettered", message_id=mid, attempts=attempts, status=res.status,
-                                 reason=res.reason[:300])
-                dead.append((self.name, now, attempts, res.status, res.reason[:2000], res.response,
-                             entry.source, entry.key_index, mid, entry.raw))
+                self.log.warning("event_dead_lettered", message_id=_message_id(message), attempts=attempts,
+                                 status=res.status, reason=res.reason[:300])
+                settlements.append(Settlement(work, Disposition.DEAD, res.reason[:2000], res.status, res.response,
+                                              None, attempts, done, work.first_failed))
             elif res.verdict is None:
-                skipped += 1
                 METRICS.skipped.labels(self.name, "unsupported_by_destination").inc()
                 self.log.info("event_skipped", message_id=_message_id(message), reason=res.reason)
+                settlements.append(Settlement(work, Disposition.SKIPPED, res.reason))
             else:
                 delivered += 1
-                received = entry.received_at
-                if received is None:  # a retried event: its receivedAt is in the event itself
-                    with contextlib.suppress(TypeError, ValueError, KeyError):
-                        received = datetime.fromisoformat(message.event["receivedAt"]).timestamp()
-                if received is not None:
-                    latency.observe(max(0.0, now - received))
+                if work.received_at:
+                    latency.observe(max(0.0, now - work.received_at))
+                settlements.append(Settlement(work, Disposition.DELIVERED, attempts=attempts))
         if delivered:
             METRICS.delivered.labels(self.name).inc(delivered)
             self.log.info("events_delivered", count=delivered, attempts=max(r.attempts for r in results))
-
-        for entry in batch:
-            if entry.log_id is not None:
-                self.pending[entry.log_id] -= 1
-        cursor_moved = self._advance_cursor()
-        name, cursor = self.name, self.cursor
-
-        def op(conn: sqlite3.Connection) -> None:
-            if dead:
-                conn.executemany(
-                    "INSERT INTO dead (dest, at, attempts, status, reason, response, source, key_index, message_id, event)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)", dead)
-            if new_retries:
-                conn.executemany(
-                    "INSERT INTO retry (dest, due, attempts, first_failed, last_status, last_error, source, key_index, event)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)", new_retries)
-            if updated_retries:
-                conn.executemany(
-                    "UPDATE retry SET due = ?, attempts = ?, last_status = ?, last_error = ? WHERE id = ?",
-                    updated_retries)
-            if finished_retries:
-                conn.executemany("DELETE FROM retry WHERE id = ?", finished_retries)
-            if cursor_moved:
-                conn.execute("UPDATE cursors SET pos = ? WHERE dest = ? AND pos < ?", (cursor, name, cursor))
-
-        if dead or new_retries or updated_retries or finished_retries or cursor_moved:
-            await self.spool.submit(op)
-        for entry in batch:
-            if entry.retry_id is not None:
-                self.inflight_retry_ids.discard(entry.retry_id)
+        await self.spool.settle(self.name, settlements)
         if retry_due:
             # failing: stop taking new events until the earliest retry is due
             self.paused_until = max(self.paused_until, min(retry_due))
-            self.next_retry_check = min(self.next_retry_check, min(retry_due)) if self.next_retry_check > time.time() else min(retry_due)
         elif any(r.verdict is Verdict.OK for r in results):
             self.paused_until = 0.0
         self.wake.set()
@@ -457,7 +331,7 @@ class DestinationWorker:
 
     async def stop(self, grace: float) -> None:
         self.stopping = True
-        self.new_data.set()
+        self.spool.wake(self.name)
         self.wake.set()
         if self.task is not None:
             self.task.cancel()
@@ -471,8 +345,11 @@ class DestinationWorker:
                 await asyncio.wait(not_done, timeout=2)
                 self.log.warning("shutdown_cancelled_inflight", batches=len(not_done))
 
-    def update_gauges(self) -> None:
-        METRICS.backlog.labels(self.name).set(max(0, self.spool.last_log_id - self.read_pos))
+
+def request_key(req: Request) -> str:
+    """Names a request among a message's requests (method and URL without its query), so a retry
+    can leave out the ones that already succeeded."""
+    return f"{req.method} {_safe_url(req.url)}"
 
 
 def _message_id(message: Message) -> str | None:
@@ -523,6 +400,7 @@ class DeliveryEngine:
             headers={"User-Agent": "trackrelay/0.1"},
             auto_decompress=True,
         )
+        await self.spool.attach([w.name for w in self.workers])
         for w in self.workers:
             await w.start()
 

@@ -16,6 +16,7 @@ from proxy.spool.base import (
     Route,
     Settlement,
     Spool,
+    SpoolBusy,
     SpoolFull,
     SpoolUnavailable,
     Stats,
@@ -26,7 +27,7 @@ from proxy.spool.base import (
 
 __all__ = [
     "Append", "AppendResult", "DeadLetter", "DeadQuery", "Disposition", "Item", "Refusal", "Route",
-    "Settlement", "Spool", "SpoolFull", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
+    "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
     "open_spool",
 ]
 

@@ -113,6 +113,10 @@ class SpoolUnavailable(Exception):
     answers 503 with Retry-After; nothing of the request was acknowledged."""
 
 
+class SpoolBusy(Exception):
+    """Another server holds this spool (claim()): two servers would deliver everything twice."""
+
+
 class SpoolFull(Exception):
     """append() found the spool full: ingest answers 429 with Retry-After."""
 
@@ -262,6 +266,10 @@ class Spool(abc.ABC):
     async def close(self) -> None:
         """Finish pending commits and release everything."""
 
+    def claim(self) -> None:
+        """Take exclusive ownership where the backend needs one (the embedded spool: one server per
+        directory); raises SpoolBusy. Called by ``serve`` before it listens."""
+
     def problems(self) -> list[str]:
         """Why this spool cannot take appends right now (readiness); empty when it can."""
         return []
@@ -318,8 +326,9 @@ class Spool(abc.ABC):
         now, with their attempts reset; return how many. Safe while a server delivers."""
 
     @abc.abstractmethod
-    async def stats(self, destinations: Sequence[str] = ()) -> Stats:
-        """Sizes and per-destination figures (for ``destinations`` and any other known one)."""
+    async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
+        """Sizes and per-destination figures (for ``destinations`` and any other known one). Cheap
+        by default (backlogs may be estimates); ``exact`` counts, which may read the whole log."""
 
     @abc.abstractmethod
     async def events(self, limit: int | None = None) -> list[StoredEvent]:

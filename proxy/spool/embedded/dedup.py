@@ -1,0 +1,203 @@
+"""The dedup index: 64-bit hashes of (source, messageId) seen within the window, in memory, with a
+fixed memory bound, rebuilt at start from a small journal.
+
+Two generations of open-addressing hash tables (8-byte slots in an anonymous mmap, filled to at
+most half: 16 bytes per remembered id). Lookups consult both; inserts go to the current one. The
+current generation is retired when it is ``window`` old or half full, whichever comes first: an id
+is remembered at least until the generation after its own is retired, so the guaranteed window is
+the lifetime of one generation — ``window`` while the traffic fits, shorter when it does not. The
+shortfall is visible (``effective_window``), memory never grows.
+
+The journal (``dedup/<slot>.ids``, one file per ``window`` of wall time) holds every hash as it is
+committed, in blocks ``u32 count | f64 receivedAt | count × i64``, appended under the log's write
+lock by every process. It is not fsync'd per commit: the log itself holds the hashes of the
+records it keeps, so after a power loss the rebuild re-reads the log past the last journal sync
+point. Journal files two windows old are deleted.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+_BLOCK = struct.Struct("<Id")
+
+
+class _Table:
+    __slots__ = ("mask", "slots", "count", "limit", "started", "_map")
+
+    def __init__(self, capacity: int, started: float) -> None:
+        self._map = mmap.mmap(-1, capacity * 8)  # zero pages: memory is used as slots fill
+        self.slots = memoryview(self._map).cast("q")
+        self.mask = capacity - 1
+        self.count = 0
+        self.limit = capacity // 2
+        self.started = started
+
+    def close(self) -> None:
+        self.slots.release()
+        self._map.close()
+
+    def contains(self, h: int) -> bool:
+        slots, mask = self.slots, self.mask
+        i = h & mask
+        while True:
+            v = slots[i]
+            if v == h:
+                return True
+            if v == 0:
+                return False
+            i = (i + 1) & mask
+
+    def add(self, h: int) -> None:
+        slots, mask = self.slots, self.mask
+        i = h & mask
+        while True:
+            v = slots[i]
+            if v == h:
+                return
+            if v == 0:
+                slots[i] = h
+                self.count += 1
+                return
+            i = (i + 1) & mask
+
+
+class DedupIndex:
+    def __init__(self, memory_bytes: int, window: float) -> None:
+        per_table = max(1024, memory_bytes // 16)  # two tables of 8-byte slots
+        capacity = 1 << (per_table.bit_length() - 1)  # a power of two not above the share
+        self.capacity = capacity
+        self.window = window
+        self.current = _Table(capacity, 0.0)
+        self.previous: _Table | None = None
+        self.rotations_full = 0  # generations retired for lack of room (the window shrank)
+        self.last_lifetime: float | None = None  # how long the last retired generation lived
+
+    @property
+    def ids_capacity(self) -> int:
+        return self.current.limit
+
+    def _rotate(self, now: float, full: bool) -> None:
+        old = self.previous
+        if old is not None:
+            old.close()
+        if self.current.started:
+            self.last_lifetime = now - self.current.started
+        self.previous = self.current
+        self.current = _Table(self.capacity, now)
+        if full:
+            self.rotations_full += 1
+
+    def _fit(self, now: float) -> None:
+        cur = self.current
+        if not cur.started:
+            cur.started = now
+        elif now - cur.started >= self.window:
+            self._rotate(now, full=False)
+        elif cur.count >= cur.limit:
+            self._rotate(now, full=True)
+
+    def seen(self, h: int) -> bool:
+        return self.current.contains(h) or (self.previous is not None and self.previous.contains(h))
+
+    def add(self, h: int, now: float) -> None:
+        self._fit(now)
+        self.current.add(h)
+
+    def add_many(self, hashes: Iterable[int], now: float) -> None:
+        for h in hashes:
+            self.add(h, now)
+
+    def effective_window(self, now: float | None = None) -> float:
+        """How long an id is remembered at least, as things stand: the window, or less when the
+        generations fill up before it."""
+        if self.rotations_full and self.last_lifetime is not None:
+            return min(self.window, self.last_lifetime)
+        return self.window
+
+    def memory_bytes(self) -> int:
+        return self.capacity * 8 * 2
+
+    def close(self) -> None:
+        self.current.close()
+        if self.previous is not None:
+            self.previous.close()
+
+
+class Journal:
+    """Appends of hash blocks, one file per window of wall time (callers hold the log's write lock)."""
+
+    def __init__(self, directory: Path, window: float) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.window = max(1.0, window)
+        self._slot: int | None = None
+        self._fd: int | None = None
+        self._dirty: set[int] = set()
+
+    def _path(self, slot: int) -> Path:
+        return self.dir / f"{slot:012d}.ids"
+
+    def write(self, hashes: list[int], at: float) -> None:
+        if not hashes:
+            return
+        slot = int(at // self.window)
+        if slot != self._slot:
+            if self._fd is not None:
+                self._dirty.add(self._fd)
+            self._fd = os.open(self._path(slot), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._slot = slot
+        os.write(self._fd, _BLOCK.pack(len(hashes), at) + struct.pack(f"<{len(hashes)}q", *hashes))
+
+    def sync(self) -> None:
+        for fd in list(self._dirty):
+            os.fsync(fd)
+            os.close(fd)
+        self._dirty.clear()
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        self.sync()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def prune(self, now: float) -> None:
+        """Delete journal files that hold nothing of the last two windows."""
+        keep_from = int(now // self.window) - 2
+        for path in self.dir.glob("*.ids"):
+            try:
+                slot = int(path.stem)
+            except ValueError:
+                continue
+            if slot < keep_from and slot != self._slot:
+                path.unlink(missing_ok=True)
+
+    def blocks(self, since: float) -> Iterator[tuple[float, list[int]]]:
+        """(receivedAt, hashes) of every whole block newer than ``since``, oldest file first."""
+        for path in sorted(self.dir.glob("*.ids")):
+            try:
+                if (int(path.stem) + 1) * self.window < since:
+                    continue
+                data = path.read_bytes()
+            except (ValueError, OSError):
+                continue
+            pos = 0
+            while pos + _BLOCK.size <= len(data):
+                count, at = _BLOCK.unpack_from(data, pos)
+                end = pos + _BLOCK.size + 8 * count
+                if end > len(data):
+                    break  # a torn last block
+                if at >= since:
+                    yield at, list(struct.unpack_from(f"<{count}q", data, pos + _BLOCK.size))
+                pos = end
+
+
+def now() -> float:
+    return time.time()

@@ -292,23 +292,20 @@ def cmd_spool_events(args: argparse.Namespace) -> int:
 
 
 def cmd_spool_migrate(args: argparse.Namespace) -> int:
+    from proxy.spool import SpoolBusy, upgrade
+
     config = _load(args.config)
-    if getattr(config.storage, "engine", "embedded") != "embedded":
-        print("spool migrate converts embedded spools only", file=sys.stderr)
+    try:
+        counts = upgrade(config.storage)
+    except SpoolBusy as exc:
+        print(exc, file=sys.stderr)
         return 2
-    from proxy.spool.embedded import migrate
-
-    path = Path(config.storage.path)
-    if not migrate.needed(path):
-        print(f"{path}: nothing to migrate")
+    if counts is None:
+        print(f"{config.storage.path}: nothing to migrate")
         return 0
-    _run(config, lambda spool: _noop())  # opening it as an operator converts it (under the instance lock)
-    print(f"{path}: migrated; the old file is kept as {path / migrate.KEPT} (delete it once you are satisfied)")
+    print(f"{config.storage.path}: migrated " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + "; the old file is kept beside it as spool.db.v0-migrated (delete it once you are satisfied)")
     return 0
-
-
-async def _noop() -> None:
-    return None
 
 
 def cmd_spool_forget(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from proxy.spool.base import (
 __all__ = [
     "Append", "AppendResult", "DeadLetter", "DeadQuery", "Disposition", "Item", "Refusal", "Route",
     "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
-    "open_spool",
+    "open_spool", "upgrade",
 ]
 
 
@@ -44,3 +44,22 @@ def open_spool(storage: Any, *, role: str = "main") -> Spool:
 
         return JetStreamSpool(storage, role=role)
     raise ValueError(f"unknown storage engine {engine!r}")
+
+
+def upgrade(storage: Any) -> dict[str, int] | None:
+    """Convert a spool written by an older release to this one's layout, if it needs it (the
+    server does this itself at start); the counts of what was converted, or None."""
+    if getattr(storage, "engine", "embedded") != "embedded":
+        return None
+    from pathlib import Path
+
+    from proxy.spool.embedded import EmbeddedSpool, migrate
+
+    if not migrate.needed(Path(storage.path)):
+        return None
+    spool = EmbeddedSpool(storage, role="admin")
+    spool.claim_for_upgrade()
+    try:
+        return migrate.migrate(Path(storage.path), storage)
+    finally:
+        spool.release()

@@ -88,6 +88,10 @@ class _Dest:
     pending: OrderedDict[int, list[Any]] = field(default_factory=OrderedDict)
     leftover: deque[Work] = field(default_factory=deque)
     inflight_retries: set[int] = field(default_factory=set)
+    leased: set[int] = field(default_factory=set)  # tokens of works leased and not settled
+    tokens: int = 0
+    # record offset -> positions settled in records the cursor has not passed (survives restarts)
+    partial: dict[int, set[int]] = field(default_factory=dict)
     next_retry_check: float = 0.0   # when to look for due retries next
     event: asyncio.Event = field(default_factory=asyncio.Event)
     cursor_saved: int = 0
@@ -138,6 +142,15 @@ class EmbeddedSpool(Spool):
         if self.role == "main" and self._instance_fd < 0:
             self._take_instance_lock()
 
+    def claim_for_upgrade(self) -> None:
+        """The instance lock, whatever the role: no server may run during a migration."""
+        self._take_instance_lock()
+
+    def release(self) -> None:
+        if self._instance_fd >= 0:
+            os.close(self._instance_fd)
+            self._instance_fd = -1
+
     def open_sync(self) -> None:
         """Open and recover (blocking; start() runs it in a thread)."""
         if self.role == "main":
@@ -151,10 +164,11 @@ class EmbeddedSpool(Spool):
             if not (self.dir / "log").exists() and not (self.dir / migrate.LEGACY).exists():
                 raise FileNotFoundError(f"no spool at {self.dir}")
             if migrate.needed(self.dir):  # no server has opened it since the upgrade: convert it now
-                self._take_instance_lock()
-                migrate.migrate_if_needed(self.dir, self.storage)
-                os.close(self._instance_fd)
-                self._instance_fd = -1
+                self.claim_for_upgrade()
+                try:
+                    migrate.migrate_if_needed(self.dir, self.storage)
+                finally:
+                    self.release()
             self.log = SegmentLog(self.dir / "log", self.segment_bytes, readonly=True)
             self.state = State(self.dir)
             self.committed_end = self.log.end()
@@ -175,8 +189,9 @@ class EmbeddedSpool(Spool):
         for at, hashes in self.journal.blocks(since):
             self.index.add_many(hashes, at)
         synced = self.state.call(lambda c: State.meta(c, DEDUP_SYNCED))
-        with self.log.locked():
-            payloads, end = self.log.validate(int(synced) if synced else self.log.first())
+        with self.log.locked():  # the whole last segment is checked: a torn tail is cut off there
+            start = min(int(synced), self.log.last()) if synced else self.log.first()
+            payloads, end = self.log.validate(start)
         for payload in payloads:
             rec = records.Record(payload)
             if rec.header.received_at >= since:
@@ -294,6 +309,7 @@ class EmbeddedSpool(Spool):
             for payload in others:  # what other processes committed since our last write
                 rec = records.Record(payload)
                 index.add_many(rec.hashes(), rec.header.received_at)
+            index.advance(max(p.request.received_at for p in group))
             group_seen: set[int] = set()
             results: list[AppendResult] = []
             frames: list[bytes] = []
@@ -333,29 +349,37 @@ class EmbeddedSpool(Spool):
         assert self.state
         end = self.committed_end
 
-        def op(conn: Any) -> dict[str, int]:
+        def op(conn: Any) -> tuple[dict[str, int], dict[str, dict[int, set[int]]]]:
             cursors = State.cursors(conn)
             for name in destinations:
                 if name not in cursors:
                     State.move_cursor(conn, name, end)
                     cursors[name] = end
-            return cursors
+            return cursors, {name: State.partial(conn, name, cursors[name]) for name in destinations}
 
-        cursors = await self.state.run(op)
+        cursors, partial = await self.state.run(op)
         first = self.log.first() if self.log else 0
         for name in destinations:
-            pos = max(cursors[name], first)
-            self._dests[name] = _Dest(name, pos, pos, cursor_saved=pos)
+            if name not in self._dests:
+                pos = max(cursors[name], first)
+                self._dests[name] = _Dest(name, pos, pos, cursor_saved=pos, partial=partial[name])
+
+    async def _dest(self, name: str) -> _Dest:
+        d = self._dests.get(name)
+        if d is None:  # not attached in this process yet: from its saved cursor, or the end
+            await self.attach([name])
+            d = self._dests[name]
+        return d
 
     async def lease(self, destination: str, max_events: int, max_bytes: int, *, new: bool = True) -> list[Work]:
         assert self.state
-        d = self._dests[destination]
+        d = await self._dest(destination)
         now = time.time()
         out: list[Work] = []
+        size = 0
         if now >= d.next_retry_check:
             limit = max_events + len(d.inflight_retries)
             rows = await self.state.run(lambda c: State.due_retries(c, destination, now, limit))
-            size = 0
             for r in rows:
                 if r.id in d.inflight_retries:
                     continue
@@ -363,29 +387,29 @@ class EmbeddedSpool(Spool):
                     break
                 d.inflight_retries.add(r.id)
                 size += len(r.event)
-                out.append(Work(("r", r.id), r.source, r.key_index, r.received_at or 0.0, len(r.event), raw=r.event,
-                                attempts=r.attempts, first_failed=r.first_failed, done=r.done))
-            if out:
-                return out
-            nxt = await self.state.run(lambda c: State.next_due(c, destination, now))
-            # poll at least every second: `trackrelay dead-letters replay` adds retries from outside
-            d.next_retry_check = now + 1.0 if nxt is None else min(nxt, now + 1.0)
-        if not new:
-            return out
-        size = 0
-        while len(out) < max_events and (not out or size < max_bytes):
+                out.append(Work(("r", r.id, 0, self._token(d)), r.source, r.key_index, r.received_at or 0.0,
+                                len(r.event), raw=r.event, attempts=r.attempts, first_failed=r.first_failed,
+                                done=r.done))
+            if len(out) < max_events:
+                nxt = await self.state.run(lambda c: State.next_due(c, destination, now))
+                # poll at least every second: `trackrelay dead-letters replay` adds retries from outside
+                d.next_retry_check = now + 1.0 if nxt is None else min(nxt, now + 1.0)
+        while new and len(out) < max_events and (not out or size < max_bytes):
             if d.leftover:
                 w = d.leftover[0]
                 if out and size + w.size > max_bytes:
                     break
-                out.append(d.leftover.popleft())
+                d.leftover.popleft()
+                w.ref = (*w.ref[:3], self._token(d))
+                out.append(w)
                 size += w.size
                 continue
             end = self.committed_end
             if d.read_pos >= end:
                 break
             start = d.read_pos
-            batch = await asyncio.to_thread(self._read_for, destination, start, end, max_bytes)
+            done = {off: set(pos) for off, pos in d.partial.items() if off >= start}
+            batch = await asyncio.to_thread(self._read_for, destination, start, end, max_bytes, done)
             if d.read_pos != start:  # a concurrent lease moved on meanwhile: its result counts
                 continue
             if not batch:
@@ -393,22 +417,30 @@ class EmbeddedSpool(Spool):
             self._take_records(d, batch)
         return out
 
-    def _read_for(self, dest: str, start: int, end: int, max_bytes: int
+    @staticmethod
+    def _token(d: _Dest) -> int:
+        d.tokens += 1
+        d.leased.add(d.tokens)
+        return d.tokens
+
+    def _read_for(self, dest: str, start: int, end: int, max_bytes: int, done: dict[int, set[int]]
                   ) -> list[tuple[int, int, float, list[Work]]]:
-        """Records from ``start``: (offset, next offset, receivedAt, the destination's enriched works)."""
+        """Records from ``start``: (offset, next offset, receivedAt, the destination's enriched works,
+        leaving out items settled before a restart)."""
         assert self.log
         out = []
         for off, nxt, payload in self.log.read(start, end, max_bytes):
             rec = records.Record(payload)
             h = rec.header
-            mine = [i for i, it in enumerate(h.items) if dest in rec.routes[it[2]].destinations]
+            skip = done.get(off, ())
+            wanted = {i for i, it in enumerate(h.items)
+                      if dest in rec.routes[it[2]].destinations and i not in skip}
             works = []
-            if mine:
-                wanted = set(mine)
+            if wanted:
                 for i, raw in rec.raw_items():
                     if i in wanted:
-                        event = rec.materialize(i, raw)
-                        works.append(Work(("l", off), h.source, h.key_index, h.received_at, len(raw), event=event))
+                        works.append(Work(("l", off, i, 0), h.source, h.key_index, h.received_at, len(raw),
+                                          event=rec.materialize(i, raw)))
             out.append((off, nxt, h.received_at, works))
         return out
 
@@ -427,39 +459,51 @@ class EmbeddedSpool(Spool):
 
     async def settle(self, destination: str, settlements: Sequence[Settlement]) -> None:
         assert self.state
-        d = self._dests[destination]
+        d = await self._dest(destination)
         dead: list[tuple[Any, ...]] = []
         new_retries: list[tuple[Any, ...]] = []
         updated: list[tuple[Any, ...]] = []
         finished: list[int] = []
+        settled: list[tuple[int, int]] = []  # (record offset, position) of log items settled now
         now = time.time()
         due: list[float] = []
         for s in settlements:
             w = s.work
-            kind, ref = w.ref
+            kind, key, pos, token = w.ref
+            if token not in d.leased:
+                continue  # settled already, or leased by an instance before a restart: once only
+            d.leased.discard(token)
             if s.disposition is Disposition.RETRY:
                 at = s.retry_at if s.retry_at is not None else now
                 due.append(at)
                 done = orjson.dumps(sorted(s.done)).decode() if s.done else None
                 if kind == "r":
-                    updated.append((at, s.attempts, s.status, s.reason[:2000], done, ref))
+                    updated.append((at, s.attempts, s.status, s.reason[:2000], done, key))
                 else:
                     new_retries.append((at, s.attempts, s.first_failed or now, s.status, s.reason[:2000], w.source,
                                         w.key_index, w.received_at, done, w.json()))
             else:
                 if kind == "r":
-                    finished.append(ref)
+                    finished.append(key)
                 if s.disposition is Disposition.DEAD:
                     dead.append((now, s.attempts, s.status, s.reason[:2000], s.response, w.source, w.key_index,
                                  w.message_id, w.received_at, w.json()))
             if kind == "l":
-                entry = d.pending.get(ref)
+                entry = d.pending.get(key)
                 if entry is not None:
                     entry[0] -= 1
+                    settled.append((key, pos))
         moved = self._advance(d)
+        # items of records the cursor cannot pass yet: remembered, so a restart does not send them again
+        partial = [(off, pos) for off, pos in settled if off in d.pending]
+        for off, pos in partial:
+            d.partial.setdefault(off, set()).add(pos)
+        for off in [o for o in d.partial if o < d.cursor]:
+            del d.partial[off]
         cursor = d.cursor if moved or d.cursor > d.cursor_saved else None
-        if dead or new_retries or updated or finished or cursor is not None:
-            await self.state.run(lambda c: State.settle(c, destination, dead, new_retries, updated, finished, cursor))
+        if dead or new_retries or updated or finished or cursor is not None or partial:
+            await self.state.run(lambda c: State.settle(c, destination, dead, new_retries, updated, finished, cursor,
+                                                        partial))
             if cursor is not None:
                 d.cursor_saved = max(d.cursor_saved, cursor)
         for s in settlements:
@@ -533,8 +577,9 @@ class EmbeddedSpool(Spool):
     async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
         state = self._state()
         retries, dead = await state.run(State.counts)
+        oldest_retry = await state.run(State.oldest_retries)
         cursors = await state.run(State.cursors)
-        events = await asyncio.to_thread(self._count_events) if exact else None
+        events = await asyncio.to_thread(self._count_events)
         await asyncio.to_thread(self._refresh_size)
         names = set(destinations) | set(retries) | set(dead) | set(self._dests)
         per: dict[str, DestinationStats] = {}
@@ -548,11 +593,15 @@ class EmbeddedSpool(Spool):
                 backlog = max(0, pending) + len(d.leftover) + unread
                 if d.pending:
                     oldest = next(iter(d.pending.values()))[1]
+                else:
+                    oldest = await asyncio.to_thread(self._oldest_routed, name, d.read_pos)
             elif name in cursors:
                 backlog = (await asyncio.to_thread(self._count_routed, name, cursors[name]) if exact
                            else self._estimate(self.committed_end - cursors[name]))
             else:
                 backlog = 0
+            if name in oldest_retry:
+                oldest = oldest_retry[name] if oldest is None else min(oldest, oldest_retry[name])
             per[name] = DestinationStats(backlog, retries.get(name, 0), dead.get(name, 0), oldest)
         extra: dict[str, Any] = {"segments": len(self.log._list()) if self.log else 0,
                                  "backlog_exact": exact}
@@ -560,8 +609,6 @@ class EmbeddedSpool(Spool):
             extra.update(dedup_window_seconds=self.index.effective_window(),
                          dedup_capacity_ids=self.index.ids_capacity * 2,
                          dedup_memory_bytes=self.index.memory_bytes())
-        if events is None:
-            events = self._estimate(self.committed_end - (self.log.first() if self.log else 0))
         return Stats(self.engine, events, self.size_bytes, self.max_bytes, self.full, per, extra)
 
     def _estimate(self, log_bytes: int) -> int:
@@ -573,10 +620,11 @@ class EmbeddedSpool(Spool):
 
     _bytes_per_event = 1200.0
 
-    def _scan(self, start: int | None = None):  # type: ignore[no-untyped-def]
+    def _scan(self, start: int | None = None, end: int | None = None):  # type: ignore[no-untyped-def]
         assert self.log
         pos = self.log.first() if start is None else start
-        end = self.log.end() if self.role == "admin" else self.committed_end
+        if end is None:
+            end = self.log.end() if self.role == "admin" else self.committed_end
         while pos < end:
             chunk = self.log.read(pos, end, 8 << 20)
             if not chunk:
@@ -586,7 +634,34 @@ class EmbeddedSpool(Spool):
                 pos = nxt
 
     def _count_events(self) -> int:
-        return sum(len(rec) for _, rec in self._scan())
+        """Events in the log, counted incrementally: a segment once read is not read again, except
+        the part of the last one written since."""
+        assert self.log
+        end = self.log.end() if self.role == "admin" else self.committed_end
+        bases = self.log._list()
+        counted = {b: c for b, c in self._counted.items() if b in bases}
+        total = 0
+        for i, base in enumerate(bases):
+            upto, n = counted.get(base, (base, 0))
+            seg_end = bases[i + 1] if i + 1 < len(bases) else end
+            for _, rec in self._scan(max(upto, self.log.first()), min(seg_end, end)):
+                n += len(rec)
+            counted[base] = (max(upto, min(seg_end, end)), n)
+            total += n
+        self._counted = counted
+        return total
+
+    _counted: dict[int, tuple[int, int]] = {}
+
+    def _oldest_routed(self, dest: str, start: int, records_at_most: int = 1000) -> float | None:
+        """receivedAt of the first record from ``start`` with an event for ``dest`` (None if none
+        is found within ``records_at_most`` records)."""
+        for n, (_, rec) in enumerate(self._scan(start)):
+            if any(dest in rec.routes[it[2]].destinations for it in rec.header.items):
+                return rec.header.received_at
+            if n >= records_at_most:
+                break
+        return None
 
     def _count_routed(self, dest: str, start: int) -> int:
         n = 0
@@ -611,6 +686,7 @@ class EmbeddedSpool(Spool):
         return await self._state().run(State.known)
 
     async def forget(self, destination: str) -> int:
+        self._dests.pop(destination, None)
         return await self._state().run(lambda c: State.forget(c, destination))
 
     # -- housekeeping -----------------------------------------------------------------------------
@@ -681,12 +757,14 @@ class EmbeddedSpool(Spool):
             if freed:
                 log.info("spool_segments_freed", bytes=freed)
             journal.prune(now)
-            self._refresh_size()
         await asyncio.to_thread(housekeeping)
+        # delivered retries and dead letters leave free pages, and a WAL file does not shrink by
+        # itself; both count towards max_bytes, so give them back
+        await self.state.shrink(min(4 * 1024 * 1024, self.max_bytes // 32))
         with contextlib.suppress(FileNotFoundError):
-            if (self.dir / "state.db-wal").stat().st_size > 8 * 1024 * 1024:  # WAL files never shrink by themselves
+            if (self.dir / "state.db-wal").stat().st_size > min(8 * 1024 * 1024, self.max_bytes // 16):
                 await self.state.checkpoint()
-
+        await asyncio.to_thread(self._refresh_size)
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, value, error in results:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -93,13 +92,19 @@ class DedupIndex:
         if full:
             self.rotations_full += 1
 
-    def _fit(self, now: float) -> None:
+    def advance(self, now: float) -> None:
+        """Retire generations the clock has left behind (before lookups at ``now``)."""
         cur = self.current
         if not cur.started:
             cur.started = now
         elif now - cur.started >= self.window:
             self._rotate(now, full=False)
-        elif cur.count >= cur.limit:
+            if self.previous is not None and now - self.previous.started >= self.window:
+                self._rotate(now, full=False)  # two windows or more went by: nothing is remembered
+
+    def _fit(self, now: float) -> None:
+        self.advance(now)
+        if self.current.count >= self.current.limit:
             self._rotate(now, full=True)
 
     def seen(self, h: int) -> bool:
@@ -198,6 +203,3 @@ class Journal:
                     yield at, list(struct.unpack_from(f"<{count}q", data, pos + _BLOCK.size))
                 pos = end
 
-
-def now() -> float:
-    return time.time()

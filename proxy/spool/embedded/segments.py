@@ -122,6 +122,10 @@ class SegmentLog:
     def first(self) -> int:
         return self._bases[0] if self._bases else 0
 
+    def last(self) -> int:
+        """Base offset of the last segment."""
+        return self._bases[-1] if self._bases else 0
+
     def _segment_of(self, offset: int) -> int:
         i = bisect.bisect_right(self._bases, offset) - 1
         return self._bases[max(0, i)]

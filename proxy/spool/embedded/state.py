@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS dead (
     event BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_dest_at ON dead(dest, at);
+CREATE TABLE IF NOT EXISTS partial (dest TEXT NOT NULL, record INTEGER NOT NULL, position INTEGER NOT NULL,
+                                    PRIMARY KEY (dest, record, position)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
@@ -78,8 +80,13 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=10000")
     if not readonly:
+        # before the first table exists: lets maintenance give freed pages (delivered retries) back
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # small transactions: keep the WAL small too (it counts towards storage.max_bytes)
+        conn.execute("PRAGMA wal_autocheckpoint=256")
+        conn.execute("PRAGMA journal_size_limit=1048576")
         conn.executescript(SCHEMA)
     return conn
 
@@ -119,6 +126,19 @@ class State:
                 self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
+    async def shrink(self, threshold: int) -> int:
+        """Give free pages back to the file system once more than ``threshold`` bytes are free."""
+        def run() -> int:
+            with self._lock:
+                conn = self._db()
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+                if free <= threshold:
+                    return 0
+                conn.executescript("PRAGMA incremental_vacuum;")  # runs it to the end (execute() steps once)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return int(free)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         if self._conn is not None:
@@ -154,7 +174,8 @@ class State:
 
     @staticmethod
     def settle(conn: sqlite3.Connection, dest: str, dead: Sequence[tuple[Any, ...]], new_retries: Sequence[tuple[Any, ...]],
-               updated: Sequence[tuple[Any, ...]], finished: Sequence[int], cursor: int | None) -> None:
+               updated: Sequence[tuple[Any, ...]], finished: Sequence[int], cursor: int | None,
+               partial: Sequence[tuple[int, int]] = ()) -> None:
         if dead:
             conn.executemany(
                 "INSERT INTO dead (dest, at, attempts, status, reason, response, source, key_index, message_id,"
@@ -168,8 +189,20 @@ class State:
                 "UPDATE retry SET due = ?, attempts = ?, last_status = ?, last_error = ?, done = ? WHERE id = ?", updated)
         if finished:
             conn.executemany("DELETE FROM retry WHERE id = ?", [(i,) for i in finished])
+        if partial:
+            conn.executemany("INSERT OR IGNORE INTO partial (dest, record, position) VALUES (?,?,?)",
+                             [(dest, off, pos) for off, pos in partial])
         if cursor is not None:
             State.move_cursor(conn, dest, cursor)
+            conn.execute("DELETE FROM partial WHERE dest = ? AND record < ?", (dest, cursor))
+
+    @staticmethod
+    def partial(conn: sqlite3.Connection, dest: str, cursor: int) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for off, pos in conn.execute("SELECT record, position FROM partial WHERE dest = ? AND record >= ?",
+                                     (dest, cursor)):
+            out.setdefault(off, set()).add(pos)
+        return out
 
     @staticmethod
     def move_cursor(conn: sqlite3.Connection, dest: str, pos: int) -> None:
@@ -187,7 +220,7 @@ class State:
             clauses.append("at >= ?")
             params.append(query.since)
         if query.until is not None:
-            clauses.append("at < ?")
+            clauses.append("at <= ?")
             params.append(query.until)
         if query.ids:
             ids = [int(i) for i in query.ids if str(i).isdigit()]
@@ -230,6 +263,11 @@ class State:
         return retries, dead
 
     @staticmethod
+    def oldest_retries(conn: sqlite3.Connection) -> dict[str, float]:
+        return dict(conn.execute("SELECT dest, MIN(received_at) FROM retry WHERE received_at IS NOT NULL"
+                                 " GROUP BY dest").fetchall())
+
+    @staticmethod
     def known(conn: sqlite3.Connection) -> list[str]:
         return sorted({r[0] for r in conn.execute(
             "SELECT dest FROM cursors UNION SELECT dest FROM retry UNION SELECT dest FROM dead")})
@@ -237,4 +275,5 @@ class State:
     @staticmethod
     def forget(conn: sqlite3.Connection, dest: str) -> int:
         conn.execute("DELETE FROM cursors WHERE dest = ?", (dest,))
+        conn.execute("DELETE FROM partial WHERE dest = ?", (dest,))
         return conn.execute("DELETE FROM retry WHERE dest = ?", (dest,)).rowcount

@@ -116,10 +116,12 @@ def make_middlewares(config: Config) -> list:
             return error(429, "overloaded", "the server is busy; retry later",
                          headers={"Retry-After": retry_after, "X-RateLimit-Reset": retry_after})
         inflight += 1
+        METRICS.inflight_requests.inc()
         try:
             return await handler(request)
         finally:
             inflight -= 1
+            METRICS.inflight_requests.dec()
 
     return [cors_and_errors, admission]
 

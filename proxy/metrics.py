@@ -41,6 +41,8 @@ class Metrics:
         self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r, multiprocess_mode="mostrecent")
         self.open_connections = Gauge("trackrelay_open_connections", "Client connections open now (all processes).",
                                       registry=r, multiprocess_mode="livesum")
+        self.inflight_requests = Gauge("trackrelay_inflight_requests", "Ingest requests being handled now (all processes).",
+                                       registry=r, multiprocess_mode="livesum")
         self.connections_refused = Counter(
             "trackrelay_connections_refused", "Connections answered 503 and closed: server.max_connections reached.",
             registry=r)

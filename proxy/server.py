@@ -165,7 +165,11 @@ class GuardedHandler(web_protocol.RequestHandler):
             super().data_received(data)
             return
         if data and self._head_timer is None and self._body_payload is None:
-            # the first byte of a request: its headers must be complete within header_timeout
+            # the first byte of a request: no longer idle (the keep-alive timer stops), and its
+            # headers must be complete within header_timeout
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+                self._keepalive_handle = None
             self._head_timer = self._loop.call_later(self._guard.header_timeout, self._header_timed_out)
         before = self._request_count
         super().data_received(data)

@@ -548,14 +548,17 @@ def serve_receiver(port: int) -> None:
 
 
 async def _load(url: str, per: int, run_id: str, connections: int, duration: float | None,
-                total_requests: int | None, out: Path) -> None:
+                total_requests: int | None, out: Path, retry_after: bool = False) -> None:
     """Closed-loop load like wrk's: ``connections`` workers each POST, wait for the answer, repeat,
-    until ``duration`` elapses or ``total_requests`` were sent. Writes wrk-like JSON to ``out``."""
+    until ``duration`` elapses or ``total_requests`` were sent. Writes wrk-like JSON to ``out``, plus
+    the latency of the 200s alone (``ok_*_us``) and the count of 429/503 answers (``shed``). With
+    ``retry_after`` a worker answered 429/503 waits the Retry-After seconds first, as the SDKs do."""
     import aiohttp
 
     path = "/v1/track" if per == 1 else "/v1/batch"
     lat: list[float] = []
-    ok = other = errors = 0
+    lat_ok: list[float] = []
+    ok = other = errors = shed = 0
     counter = 0
     start = time.monotonic()
     deadline = start + duration if duration else None
@@ -568,23 +571,32 @@ async def _load(url: str, per: int, run_id: str, connections: int, duration: flo
         return sample_body(per, f"{run_id}-{counter}")
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal ok, other, errors
+        nonlocal ok, other, errors, shed
         while deadline is None or time.monotonic() < deadline:
             data = body()
             if data is None:
                 return
             t0 = time.monotonic()
+            wait = 0.0
             try:
                 async with session.post(url + path, data=data, headers={"Content-Type": "application/json"}) as r:
                     await r.read()
                     if r.status == 200:
                         ok += 1
+                        lat_ok.append(time.monotonic() - t0)
                     else:
                         other += 1
+                        if r.status in (429, 503):
+                            shed += 1
+                            if retry_after:
+                                with contextlib.suppress(ValueError):
+                                    wait = float(r.headers.get("Retry-After", "1"))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 errors += 1
                 continue
             lat.append(time.monotonic() - t0)
+            if wait and (deadline is None or time.monotonic() + wait < deadline):
+                await asyncio.sleep(wait)
 
     conn = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -596,6 +608,9 @@ async def _load(url: str, per: int, run_id: str, connections: int, duration: flo
         "p50_us": int(percentile(lat, 50) * 1e6), "p90_us": int(percentile(lat, 90) * 1e6),
         "p99_us": int(percentile(lat, 99) * 1e6), "max_us": int(max(lat, default=0) * 1e6),
         "mean_us": (sum(lat) / len(lat) * 1e6) if lat else 0.0,
+        "shed": shed, "ok_p50_us": int(percentile(lat_ok, 50) * 1e6) if lat_ok else 0,
+        "ok_p99_us": int(percentile(lat_ok, 99) * 1e6) if lat_ok else 0,
+        "ok_max_us": int(max(lat_ok, default=0) * 1e6),
     }))
 
 
@@ -694,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=float)
     p.add_argument("--requests", type=int)
+    p.add_argument("--retry-after", action="store_true", help="on 429/503 wait Retry-After seconds, as SDKs do")
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("paced")
     p.add_argument("--url", required=True)
@@ -716,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _install_uvloop()
         if args.cmd == "load":
-            asyncio.run(_load(args.url, args.per, args.run_id, args.connections, args.duration, args.requests, args.out))
+            asyncio.run(_load(args.url, args.per, args.run_id, args.connections, args.duration, args.requests, args.out,
+                              args.retry_after))
         elif args.cmd == "paced":
             asyncio.run(_paced(args.url, args.rate, args.duration, args.run_id, args.senders, args.out))
         else:

@@ -21,6 +21,7 @@ from proxy.delivery.engine import DeliveryEngine
 from proxy.ingest import Ingest, error
 from proxy.metrics import METRICS
 from proxy.routing import Router
+from proxy.server import BodyTimeout
 from proxy.spool import Spool, open_spool
 from proxy.workers import Supervisor, commit_notifier
 
@@ -32,18 +33,25 @@ ENGINE = web.AppKey("engine", DeliveryEngine)
 INGEST = web.AppKey("ingest", Ingest)
 CONFIG = web.AppKey("config", Config)
 
+# the request headers Segment's browser clients send (analytics-next 1.84+: Authorization, and
+# X-Retry-Count on retries); server.cors_allow_headers adds more
 ALLOW_HEADERS = ("Content-Type", "Authorization", "X-Retry-Count")
 EXPOSE_HEADERS = "Retry-After, X-RateLimit-Reset"
 
 
 def cors_headers(config: Config, request: web.Request) -> dict[str, str]:
+    """The origin is echoed when allowed. Access-Control-Allow-Credentials only for an origin
+    listed by name: "*" lets any page send events, but never with the browser's credentials
+    (Segment's clients send none)."""
     origins = config.server.cors_origins
     origin = request.headers.get("Origin")
     headers = {"Access-Control-Expose-Headers": EXPOSE_HEADERS}
-    if origin and ("*" in origins or origin in origins):
-        # Echo the origin (with credentials allowed) so fetch(credentials: "include") works too.
+    if origin and origin in origins:
         headers["Access-Control-Allow-Origin"] = origin
         headers["Access-Control-Allow-Credentials"] = "true"
+        headers["Vary"] = "Origin"
+    elif origin and "*" in origins:
+        headers["Access-Control-Allow-Origin"] = origin
         headers["Vary"] = "Origin"
     elif "*" in origins:
         headers["Access-Control-Allow-Origin"] = "*"
@@ -66,27 +74,92 @@ def make_middlewares(config: Config) -> list:
             response = error(status, code, exc.reason or "error")
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
+        except BodyTimeout as exc:  # proxy.server: the body did not arrive in time
+            METRICS.requests_rejected.labels("request_timeout").inc()
+            log.info("request_timeout", path=request.path, timeout=exc.seconds)
+            response = error(408, "request_timeout", str(exc))
+            response.force_close()
+        except ConnectionError:  # the client went away: not an error of ours, nobody reads an answer
+            METRICS.client_disconnects.inc()
+            log.debug("client_disconnected", path=request.path)
+            response = error(400, "client_disconnected", "the client closed the connection")
+            response.force_close()
+        except web.RequestPayloadError as exc:  # malformed chunked body; its text quotes the body
+            METRICS.requests_rejected.labels("invalid_body").inc()
+            log.info("request_rejected", code="invalid_body", error=type(exc.__cause__ or exc).__name__,
+                     path=request.path)
+            response = error(400, "invalid_body", "the request body is malformed (transfer encoding)")
+            response.force_close()
         except Exception as exc:  # ours, never the client's fault
             log.exception("unhandled_error", path=request.path, error=repr(exc))
             response = error(500, "internal_error", "internal error")
         for k, v in cors_headers(config, request).items():
-            response.headers.setdefault(k, v)
+            if k == "Vary" and "Vary" in response.headers:
+                response.headers["Vary"] = f"{response.headers['Vary']}, {v}"
+            else:
+                response.headers.setdefault(k, v)
         return response
 
-    return [cors_and_errors]
+    limit = config.server.max_inflight_requests
+    retry_after = str(config.server.overload_retry_after)
+    inflight = 0
+
+    @web.middleware
+    async def admission(request: web.Request, handler) -> web.StreamResponse:
+        """At most server.max_inflight_requests ingest requests at once (per process); beyond it,
+        429 with Retry-After at once, so SDKs back off instead of queueing behind the spool."""
+        nonlocal inflight
+        if not limit or request.method != "POST" or not request.path.startswith("/v1/"):
+            return await handler(request)
+        if inflight >= limit:
+            METRICS.requests_rejected.labels("overloaded").inc()
+            return error(429, "overloaded", "the server is busy; retry later",
+                         headers={"Retry-After": retry_after, "X-RateLimit-Reset": retry_after})
+        inflight += 1
+        METRICS.inflight_requests.inc()
+        try:
+            return await handler(request)
+        finally:
+            inflight -= 1
+            METRICS.inflight_requests.dec()
+
+    return [cors_and_errors, admission]
 
 
 def preflight(config: Config, request: web.Request) -> web.Response:
-    requested = request.headers.get("Access-Control-Request-Headers", "")
-    allow = list(ALLOW_HEADERS)
-    for h in (x.strip() for x in requested.split(",")):
-        if h and h.lower() not in (a.lower() for a in allow):
-            allow.append(h)
+    """Allows the headers Segment's clients send (and server.cors_allow_headers), whatever the
+    browser asks for: a requested header outside the list is not allowed (Cookie never is)."""
+    allow = list(ALLOW_HEADERS) + [h for h in config.server.cors_allow_headers
+                                   if h.lower() not in (a.lower() for a in ALLOW_HEADERS)]
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
         "Access-Control-Allow-Headers": ", ".join(allow),
         "Access-Control-Max-Age": "86400",
     })
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::")
+
+
+def settings_hosts(config: Config) -> list[tuple[str, int | None]]:
+    """The (hostname, port or None for any) pairs the settings endpoint accepts in Host without
+    public_url: server.allowed_hosts, or else the listen address (and, listening on loopback or
+    on every address, the loopback names) with the listen port."""
+    if config.server.allowed_hosts:
+        return [_split_host(h) or (h, None) for h in config.server.allowed_hosts]
+    host, port = config.server.host.lower(), config.server.port
+    names = {host.strip("[]")}
+    if host.strip("[]") in _LOOPBACK:
+        names |= {"127.0.0.1", "::1", "localhost"}
+    return [(n, port) for n in sorted(names)]
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit("//" + value)
+        return (parts.hostname or "", parts.port)
+    except ValueError:
+        return None
 
 
 async def settings_handler(request: web.Request) -> web.Response:
@@ -102,7 +175,15 @@ async def settings_handler(request: web.Request) -> web.Response:
         protocol = request.scheme
         if ingest.is_trusted(request.remote) and request.headers.get("X-Forwarded-Proto"):
             protocol = request.headers["X-Forwarded-Proto"].split(",")[0].strip()
-        host = request.host
+        # the answer is cacheable: a Host an attacker chose must not end up in a shared cache
+        host = request.headers.get("Host", "").strip().lower()
+        given = _split_host(host)
+        if not given or not any(given[0] == name and (port is None or given[1] == port)
+                                for name, port in settings_hosts(config)):
+            METRICS.requests_rejected.labels("host_not_allowed").inc()
+            return error(400, "host_not_allowed", "this Host is not in server.allowed_hosts; "
+                         "set server.public_url or server.allowed_hosts",
+                         headers={"Vary": "Host", "Cache-Control": "no-store"})
     api_host = host + "/v1"
     body = {
         "integrations": {
@@ -128,7 +209,7 @@ async def settings_handler(request: web.Request) -> web.Response:
         "remotePlugins": [],
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json",
-                        headers={"Cache-Control": "public, max-age=60"})
+                        headers={"Cache-Control": "public, max-age=60", "Vary": "Host"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -167,6 +248,18 @@ async def update_gauges(app: web.Application) -> None:
 async def metrics_handler(request: web.Request) -> web.Response:
     await update_gauges(request.app)
     return web.Response(body=METRICS.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_metrics_app(main: web.Application) -> web.Application:
+    """GET /metrics alone, for server.metrics_listen (the main app then has no /metrics)."""
+    metrics_app = web.Application()
+
+    async def handler(request: web.Request) -> web.Response:
+        await update_gauges(main)
+        return web.Response(body=METRICS.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    metrics_app.router.add_get("/metrics", handler)
+    return metrics_app
 
 
 async def maintenance(app: web.Application) -> None:
@@ -213,7 +306,8 @@ def create_app(config: Config, *, role: str = "main", config_path: str | None = 
     app.router.add_get("/v1/projects/{write_key}/settings", settings_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    if not config.server.metrics_listen:  # else served by create_metrics_app on its own address
+        app.router.add_get("/metrics", metrics_handler)
 
     async def lifecycle(app: web.Application):
         await spool.start()

@@ -94,9 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         sock = listen_socket(config.server.host, config.server.port)
-    from aiohttp import web
-
-    from proxy.app import create_app
+    from proxy import server
+    from proxy.app import create_app, create_metrics_app
 
     app = create_app(config, role="main", config_path=args.config, sock=sock)
     from proxy.app import SPOOL
@@ -107,12 +106,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SpoolBusy as exc:
         print(exc, file=sys.stderr)
         return 2
+    metrics_app = create_metrics_app(app) if config.server.metrics_listen else None
     try:
         if sock is not None:
-            web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
+            server.run(app, config, sock=sock, metrics_app=metrics_app)
         else:
-            web.run_app(app, host=config.server.host, port=config.server.port, access_log=None, print=None,
-                        shutdown_timeout=config.server.shutdown_grace, reuse_port=False)
+            server.run(app, config, host=config.server.host, port=config.server.port, metrics_app=metrics_app)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -144,7 +143,9 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
 
     app.cleanup_ctx.insert(0, parent_watch)
     app.on_startup.append(ready)
-    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
+    from proxy import server
+
+    server.run(app, config, sock=sock)
     return 0
 
 

@@ -67,6 +67,14 @@ def parse_duration(value: Any) -> float:
     return float(m.group(1)) * _DURATION_UNITS[unit]
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (example: 127.0.0.1:9108)")
+    return host.strip("[]"), int(port)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -87,6 +95,30 @@ class ServerConfig(_Model):
         description="Server processes sharing the port. The first also runs delivery; the others only "
                     "ingest. Set it to the number of cores for throughput.",
     )
+    allowed_hosts: list[str] = Field(
+        [], description="Without public_url: the Host values (host or host:port) the settings endpoint may put "
+                        "in apiHost; others get 400. Empty: the listen address only.",
+    )
+    cors_allow_headers: list[str] = Field(
+        [], description="Request headers a browser may send besides Content-Type, Authorization and X-Retry-Count "
+                        "(e.g. custom headers set in analytics.js deliveryStrategy.config.headers).",
+    )
+    keepalive_timeout: float = Field(75.0, gt=0, description="Close a connection idle this long between requests.")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Close a connection whose request line and headers take longer than this to arrive.")
+    body_timeout: float = Field(
+        30.0, gt=0, description="Answer 408 when a request body takes longer than this to arrive (after its headers).")
+    max_connections: int = Field(
+        4096, ge=1, description="Open client connections per process; more are answered 503 and closed. Lowered to "
+                                "fit the open-files limit (RLIMIT_NOFILE), which is raised at start where allowed.",
+    )
+    max_inflight_requests: int = Field(
+        256, ge=0, description="Ingest requests handled at once per process; more are answered 429 with Retry-After "
+                               "at once. 0: no bound.",
+    )
+    overload_retry_after: int = Field(2, ge=1, le=300, description="Retry-After (seconds) of that 429.")
+    metrics_listen: str | None = Field(
+        None, description="host:port serving /metrics instead of the public port (e.g. 127.0.0.1:9108).")
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -95,10 +127,35 @@ class ServerConfig(_Model):
             ipaddress.ip_network(item, strict=False)
         return v
 
-    @field_validator("shutdown_grace", mode="before")
+    @field_validator("shutdown_grace", "keepalive_timeout", "header_timeout", "body_timeout", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_listen(v)
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not h or any(c in h for c in "/ @?#"):
+                raise ValueError(f"{h!r} is not a host or host:port")
+        return [h.lower() for h in v]
+
+    @field_validator("cors_allow_headers")
+    @classmethod
+    def _header_names(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", h):
+                raise ValueError(f"{h!r} is not a header name")
+            if h.lower() in ("cookie", "cookie2"):
+                raise ValueError("Cookie is never allowed: Segment's clients send no credentials")
+        return v
 
 
 class _StorageCommon(_Model):

@@ -43,6 +43,18 @@ class Metrics:
                                   "least: storage.dedup_window, or less when storage.dedup_memory fills first.",
                                   registry=r, multiprocess_mode="mostrecent")
         self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r, multiprocess_mode="mostrecent")
+        self.open_connections = Gauge("trackrelay_open_connections", "Client connections open now (all processes).",
+                                      registry=r, multiprocess_mode="livesum")
+        self.inflight_requests = Gauge("trackrelay_inflight_requests", "Ingest requests being handled now (all processes).",
+                                       registry=r, multiprocess_mode="livesum")
+        self.connections_refused = Counter(
+            "trackrelay_connections_refused", "Connections answered 503 and closed: server.max_connections reached.",
+            registry=r)
+        self.connection_timeouts = Counter(
+            "trackrelay_connection_timeouts", "Connections closed (idle, header) or requests answered 408 (body) on a timeout.",
+            ["phase"], registry=r)
+        self.client_disconnects = Counter(
+            "trackrelay_client_disconnects", "Requests whose client went away before the answer.", registry=r)
 
     def exposition(self) -> bytes:
         if not MULTIPROCESS:

@@ -257,14 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("ingest-worker", help=argparse.SUPPRESS)
-    worker.add_argument("--config", required=True)
-    worker.add_argument("--host", required=True)
-    worker.add_argument("--port", type=int, required=True)
-    worker.add_argument("--notify-fd", type=int, required=True)
-    worker.add_argument("--index", type=int, default=1)
-    worker.set_defaults(func=cmd_ingest_worker)
-
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("--config", required=True)
     check.set_defaults(func=cmd_check)
@@ -292,6 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Internal subcommands: started by trackrelay itself, never shown in --help. argparse has no way to
+# hide a subcommand (help=SUPPRESS prints "==SUPPRESS=="), so they are parsed apart from the public ones.
+INTERNAL_COMMANDS = ("ingest-worker",)
+
+
+def build_internal_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trackrelay", add_help=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("ingest-worker", help="an ingest worker process (started by serve; not for direct use)")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--host", required=True)
+    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--notify-fd", type=int, required=True)
+    worker.add_argument("--index", type=int, default=1)
+    worker.set_defaults(func=cmd_ingest_worker)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_internal_parser() if argv[:1] and argv[0] in INTERNAL_COMMANDS else build_parser()
+    args = parser.parse_args(argv)
     sys.exit(args.func(args))

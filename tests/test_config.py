@@ -167,3 +167,13 @@ def test_check_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(bad)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "sources" in out.stderr
+
+
+def test_help_lists_only_public_commands():
+    out = subprocess.run([sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    assert "serve" in out.stdout and "check" in out.stdout and "dead-letters" in out.stdout
+    assert "SUPPRESS" not in out.stdout and "ingest-worker" not in out.stdout
+    # the internal command still parses (serve starts it for server.workers > 1)
+    worker = subprocess.run([sys.executable, "-m", "proxy", "ingest-worker"], capture_output=True, text=True, cwd=ROOT)
+    assert worker.returncode == 2 and "--notify-fd" in worker.stderr

@@ -90,15 +90,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock = listen_socket(config.server.host, config.server.port)
     from aiohttp import web
 
+    from proxy import tls
     from proxy.app import create_app
 
     app = create_app(config, role="main", config_path=args.config, sock=sock)
+    ssl_context = tls.attach(app, config)
     try:
         if sock is not None:
-            web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
+            web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace,
+                        ssl_context=ssl_context)
         else:
             web.run_app(app, host=config.server.host, port=config.server.port, access_log=None, print=None,
-                        shutdown_timeout=config.server.shutdown_grace, reuse_port=False)
+                        shutdown_timeout=config.server.shutdown_grace, reuse_port=False, ssl_context=ssl_context)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -114,6 +117,7 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
     structlog.contextvars.bind_contextvars(worker=args.index)
     from aiohttp import web
 
+    from proxy import tls
     from proxy.app import create_app
     from proxy.workers import listen_socket, report_ready, watch_parent
 
@@ -130,7 +134,9 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
 
     app.cleanup_ctx.insert(0, parent_watch)
     app.on_startup.append(ready)
-    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace)
+    ssl_context = tls.attach(app, config)
+    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace,
+                ssl_context=ssl_context)
     return 0
 
 

@@ -72,3 +72,14 @@ def peer_serial(host: str, port: int, cafile: Path) -> int:
     with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
         der = tls.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def spki_pin(cert_path: Path) -> str:
+    """base64(sha256(SubjectPublicKeyInfo)) of the leaf in cert_path: Chromium's
+    --ignore-certificate-errors-spki-list value (trusts that key only)."""
+    import base64
+    import hashlib
+
+    leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    spki = leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()

@@ -15,10 +15,15 @@ in ``destinations/registry.py``.
                         (bytes = sum of the stored events' JSON sizes); adapters split further
                         where their API needs smaller requests
     max_requests_per_second   a vendor rate limit the engine enforces, if any
-    build_requests      (messages, settings) -> Built(requests, skips, rejects)
+    build_requests      (messages, settings) -> Built(requests, skips, rejects, notes)
     classify            (request, response) -> Outcome; defaults to ``default_classify``
 
 Messages are referred to by their index in the ``messages`` list passed to ``build_requests``.
+
+Send time: adapters have no clock, but a few APIs need the moment of sending (Segment corrects
+``timestamp`` with ``receivedAt - (sentAt - originalTimestamp)``). Such a request carries
+``SENT_AT`` (a JSON string placeholder) in its body and ``stamps_sent_at=True``; the delivery
+engine calls :func:`at_send_time` on every attempt, retries included, as the SDKs reset ``sentAt``.
 """
 
 from __future__ import annotations
@@ -105,11 +110,29 @@ class Request:
     headers: Mapping[str, str]
     body: bytes | None
     messages: tuple[int, ...]
+    # the body holds SENT_AT, to be replaced by the send time of each attempt (at_send_time)
+    stamps_sent_at: bool = False
 
     def __repr__(self) -> str:  # headers may carry credentials: never print them
         # Some APIs only take credentials in the query string (GA4's api_secret): hide those values.
         url = _SECRET_QUERY.sub(r"\1***", self.url)
         return f"Request({self.method} {url} messages={len(self.messages)} bytes={len(self.body or b'')})"
+
+
+# A JSON string no event can contain (orjson escapes control characters inside strings).
+SENT_AT = b'"\x00trackrelay-sent-at\x00"'
+
+
+def at_send_time(request: Request, now: float) -> Request:
+    """The request as it goes out at ``now`` (epoch seconds): SENT_AT replaced by that time in ISO
+    8601 UTC with milliseconds. Requests without ``stamps_sent_at`` come back unchanged. The
+    delivery engine calls this right before every attempt."""
+    if not request.stamps_sent_at or request.body is None:
+        return request
+    stamp = b'"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode() + \
+        f".{int(now * 1000) % 1000:03d}Z".encode() + b'"'
+    return Request(request.method, request.url, request.headers, request.body.replace(SENT_AT, stamp),
+                   request.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +153,16 @@ class Reject:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A message that IS sent, but changed to fit the API's documented limits (e.g. GA4's 200
+    items per event: the first 200 go out). ``reason`` says what was cut or changed; the delivery
+    engine counts it (by destination) and logs it with the messageId, so no change is silent."""
+
+    index: int
+    reason: str
+
+
 class SkipMessage(Exception):
     """Raised by an adapter's per-message mapping for a message the API cannot take; the text is
     the skip reason (the build loop turns it into a Skip)."""
@@ -145,6 +178,11 @@ class Built:
     requests: list[Request] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    # messages sent in a modified form (truncated to a vendor limit...): see Note
+    notes: list[Note] = field(default_factory=list)
+
+    def note(self, index: int, reason: str) -> None:
+        self.notes.append(Note(index, reason))
 
     def attempt(self, index: int, fn: Callable[..., T], *args: Any) -> T | None:
         """``fn(*args)`` for message ``index``; a SkipMessage or RejectMessage it raises is recorded

@@ -73,6 +73,7 @@ INTEGRATION_NAMES = ("Google Analytics 4", "Google Analytics 4 Cloud", "Google A
 MAX_EVENTS_PER_REQUEST = 25
 MAX_BODY_BYTES = 130_000  # "must be less than 130kB"
 MAX_PARAMS = 25
+MAX_ITEMS = 200  # "Each event can have up to 200 items"; Google drops the rest silently
 MAX_NAME = 40
 MAX_VALUE = 100
 LONG_VALUES = {"page_location": 1000, "page_referrer": 420, "page_title": 300}
@@ -520,6 +521,11 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         if mapped is None:
             (built.skips if skip else built.rejects).append((Skip if skip else Reject)(i, reason or "unsupported"))
             continue
+        items = mapped["params"].get("items")
+        if isinstance(items, list) and len(items) > MAX_ITEMS:
+            mapped["params"]["items"] = items[:MAX_ITEMS]
+            built.note(i, f"items truncated: {len(items)} products, GA4 keeps {MAX_ITEMS} per event; sent the "
+                          f"first {MAX_ITEMS} (value and currency are the whole order's)")
         if _backdated(event, mapped):
             built.rejects.append(Reject(i, "event time is more than 72 hours before it was received; GA4 drops events backdated past 72 hours"))
             continue

@@ -14,9 +14,18 @@ Routing: like analytics.js's own Segment.io hop, ``integrations.All: false`` doe
 from reaching Segment (it selects Segment's downstream destinations); only an explicit
 ``"Segment": false`` (or the destination's own name) does.
 
-Mapping: every call type is forwarded unchanged with its messageId, timestamp, originalTimestamp,
-sentAt and context (Segment dedups on messageId). ``receivedAt`` is dropped: the collector sets its
-own. Responses: shared default classification.
+Mapping: every call type is forwarded with its messageId and context (Segment dedups on messageId).
+``receivedAt`` is dropped: the collector sets its own.
+
+Event time across a delivery delay: Segment computes ``timestamp = receivedAt - (sentAt -
+originalTimestamp)``, an item's own ``sentAt`` winning over the batch's. Forwarding the client's
+values would shift every event by the time it waited here (an event delivered 2 h late after an
+outage would land 2 h late). So each item goes out with ``originalTimestamp`` = trackrelay's
+corrected ``timestamp`` (already on the server clock) and no ``sentAt`` of its own, and the batch
+``sentAt`` is the moment of each attempt (``destinations.base.SENT_AT``, stamped by delivery):
+Segment's correction then yields the original event time whatever the delay, up to the network
+transit time. The device-clock ``originalTimestamp`` is not forwarded (Segment's formula needs
+the server-clock one). Responses: shared default classification.
 """
 
 from __future__ import annotations
@@ -34,10 +43,10 @@ from destinations.base import (
     Message,
     Reject,
     Request,
+    SENT_AT,
     chunk_by_limits,
     json_body,
 )
-from destinations.semantic import event_time, iso_utc
 import base64
 
 MAX_EVENT_BYTES = 32 * 1024
@@ -85,7 +94,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             key = msg.write_key.get_secret_value()
         else:
             key = settings.write_key.get_secret_value()
-        event = {k: v for k, v in msg.event.items() if k != "receivedAt"}
+        event = {k: v for k, v in msg.event.items() if k not in ("receivedAt", "sentAt")}
+        if isinstance(event.get("timestamp"), str) and event["timestamp"]:
+            event["originalTimestamp"] = event["timestamp"]
         encoded = json_body(event)
         if len(encoded) > MAX_EVENT_BYTES:
             built.rejects.append(Reject(i, f"event is {len(encoded)} bytes; Segment accepts at most {MAX_EVENT_BYTES}"))
@@ -94,11 +105,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     url = settings.base_url + "/v1/batch"
     for key, items in by_key.items():
         for chunk in chunk_by_limits(items, MAX_EVENTS, settings.max_request_bytes - 100):
-            sent_at = max((event_time(messages[i].event) for i, _ in chunk), default=None, key=lambda t: t.timestamp() if t else 0)
-            tail = b'],"sentAt":' + json_body(iso_utc(sent_at) if sent_at else None) + b"}"
-            body = b'{"batch":[' + b",".join(b for _, b in chunk) + tail
+            body = b'{"batch":[' + b",".join(b for _, b in chunk) + b'],"sentAt":' + SENT_AT + b"}"
             headers = {"Content-Type": "application/json", "Authorization": _basic(key)}
-            built.requests.append(Request("POST", url, headers, body, tuple(i for i, _ in chunk)))
+            built.requests.append(Request("POST", url, headers, body, tuple(i for i, _ in chunk), stamps_sent_at=True))
     return built
 
 

@@ -41,8 +41,12 @@ Mapping (what each Segment call becomes):
   UTC, milliseconds). Skipped without a userId. Usertour has no dedup key for events (each POST
   appends), so a retried request can record an event twice.
 - page / screen -> skipped (Usertour has no page-view API; its browser SDK reads the page itself),
-  unless ``page_events: true``: then an event ``page_viewed`` / ``screen_viewed`` with the page
-  properties and ``name`` / ``category``, mapped like track.
+  unless ``page_events: true``: then an event ``segment_page_viewed`` / ``segment_screen_viewed``
+  with the page properties and ``name`` / ``category``, mapped like track. (``page_viewed`` is one
+  of Usertour's built-in event names, which the events API refuses; the ``segment_`` names cannot
+  collide with a built-in one.)
+- a track event whose codeName is a built-in Usertour event name (``page_viewed``,
+  ``flow_started``...) is rejected with the reason: the API would refuse it.
 - alias -> skipped: Usertour has no API that merges or re-keys users.
 
 Key renaming (the codeName rule): every run of characters other than letters, digits and ``_``
@@ -127,7 +131,7 @@ class Settings(DestinationSettings):
     )
     page_events: bool = Field(
         False,
-        description="Send page and screen calls as `page_viewed` / `screen_viewed` events "
+        description="Send page and screen calls as `segment_page_viewed` / `segment_screen_viewed` events "
         "(Usertour has no page-view API; off by default so page views do not use up the rate limit).",
     )
 
@@ -230,6 +234,8 @@ def _event_request(
     code = code_name(name, "event")
     if code is None:
         raise RejectMessage(f"event name {name!r} cannot be made a Usertour codeName (2-100 characters)")
+    if code in BUILT_IN_EVENTS:
+        raise RejectMessage(f"event name {code!r} is a built-in Usertour event; its events API refuses it")
     body: dict[str, Any] = {"userId": uid, "name": code}
     options = integration_options(event, INTEGRATION_NAMES)
     company = None if options.get("userOnly") is True else group_id(event)
@@ -247,6 +253,13 @@ def _event_request(
         body["occurredAt"] = iso_utc(when)
     return Request("POST", settings.scope_url + "/events", _headers(settings), json_body(body), (index,))
 
+
+# Event names Usertour records itself; POST /events refuses them.
+BUILT_IN_EVENTS = frozenset({
+    "page_viewed", "flow_started", "flow_ended", "flow_completed", "flow_step_seen", "question_answered",
+    "checklist_seen", "checklist_dismissed", "checklist_completed", "launcher_seen",
+})
+PAGE_EVENT, SCREEN_EVENT = "segment_page_viewed", "segment_screen_viewed"
 
 SKIP_ALIAS = "Usertour has no API to merge or re-key users"
 SKIP_PAGE = "Usertour has no page-view API (set page_events: true to send page/screen calls as events)"
@@ -269,7 +282,7 @@ def _requests(event: Mapping[str, Any], kind: str | None, index: int, settings: 
     elif kind == "track":
         requests = [_event_request(event, index, settings, event.get("event"), properties_of(event))]
     else:
-        name = "page_viewed" if kind == "page" else "screen_viewed"
+        name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
         requests = [_event_request(event, index, settings, name, page_properties(event))]
     for request in requests:
         size = len(request.body or b"")

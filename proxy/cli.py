@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         sock = listen_socket(config.server.host, config.server.port)
-    from proxy import server
+    from proxy import server, tls
     from proxy.app import create_app, create_metrics_app
 
     app = create_app(config, role="main", config_path=args.config, sock=sock)
@@ -106,12 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SpoolBusy as exc:
         print(exc, file=sys.stderr)
         return 2
+    ssl_context = tls.attach(app, config)
     metrics_app = create_metrics_app(app) if config.server.metrics_listen else None
     try:
         if sock is not None:
-            server.run(app, config, sock=sock, metrics_app=metrics_app)
+            server.run(app, config, sock=sock, ssl_context=ssl_context, metrics_app=metrics_app)
         else:
-            server.run(app, config, host=config.server.host, port=config.server.port, metrics_app=metrics_app)
+            server.run(app, config, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
+                       metrics_app=metrics_app)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -127,6 +129,7 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
     structlog.contextvars.bind_contextvars(worker=args.index)
     from aiohttp import web
 
+    from proxy import tls
     from proxy.app import create_app
     from proxy.workers import listen_socket, report_ready, watch_parent
 
@@ -145,7 +148,7 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
     app.on_startup.append(ready)
     from proxy import server
 
-    server.run(app, config, sock=sock)
+    server.run(app, config, sock=sock, ssl_context=tls.attach(app, config))
     return 0
 
 
@@ -333,14 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("ingest-worker", help=argparse.SUPPRESS)
-    worker.add_argument("--config", required=True)
-    worker.add_argument("--host", required=True)
-    worker.add_argument("--port", type=int, required=True)
-    worker.add_argument("--notify-fd", type=int, required=True)
-    worker.add_argument("--index", type=int, default=1)
-    worker.set_defaults(func=cmd_ingest_worker)
-
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("--config", required=True)
     check.set_defaults(func=cmd_check)
@@ -388,6 +383,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Internal subcommands: started by trackrelay itself, never shown in --help. argparse has no way to
+# hide a subcommand (help=SUPPRESS prints "==SUPPRESS=="), so they are parsed apart from the public ones.
+INTERNAL_COMMANDS = ("ingest-worker",)
+
+
+def build_internal_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trackrelay", add_help=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("ingest-worker", help="an ingest worker process (started by serve; not for direct use)")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--host", required=True)
+    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--notify-fd", type=int, required=True)
+    worker.add_argument("--index", type=int, default=1)
+    worker.set_defaults(func=cmd_ingest_worker)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_internal_parser() if argv[:1] and argv[0] in INTERNAL_COMMANDS else build_parser()
+    args = parser.parse_args(argv)
     sys.exit(args.func(args))

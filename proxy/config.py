@@ -25,6 +25,7 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -55,6 +56,18 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
+def format_size(n: int) -> str:
+    """A byte count as messages show it: '32768 bytes (32 KiB)', in the units the README and the
+    defaults use (KiB/MiB are powers of 1024, KB/MB powers of 1000)."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n} bytes ({n // size} {unit})"
+    for unit, size in (("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
+        if n >= size and n % size == 0:
+            return f"{n} bytes ({n // size} {unit})"
+    return f"{n} bytes"
+
+
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 250ms, 5s or 4h")
@@ -77,6 +90,21 @@ def split_listen(value: str) -> tuple[str, int]:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class TLSConfig(_Model):
+    """HTTPS on the Tracking API listener. The files are read at start and again on SIGHUP or when
+    either file changes (new connections get the new certificate; open ones keep theirs)."""
+
+    cert_file: Path = Field(description="PEM certificate chain (leaf first), e.g. Let's Encrypt's fullchain.pem.")
+    key_file: Path = Field(description="PEM private key of the certificate (unencrypted).")
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _readable(cls, v: Path) -> Path:
+        if not v.is_file() or not os.access(v, os.R_OK):
+            raise ValueError(f"{str(v)!r} is not a readable file")
+        return v
 
 
 class ServerConfig(_Model):
@@ -119,6 +147,22 @@ class ServerConfig(_Model):
     overload_retry_after: int = Field(2, ge=1, le=300, description="Retry-After (seconds) of that 429.")
     metrics_listen: str | None = Field(
         None, description="host:port serving /metrics instead of the public port (e.g. 127.0.0.1:9108).")
+    tls: TLSConfig | None = Field(
+        None,
+        description="Serve HTTPS with this certificate and key (mobile SDKs and analytics-next <= 1.83 in "
+                    "batching mode only speak https). Default: plain HTTP, for a sidecar behind a "
+                    "TLS-terminating ingress or load balancer.",
+    )
+    unknown_write_key: Literal["reject", "accept_and_drop"] = Field(
+        "reject",
+        description="A request with a write key no source has: 'reject' answers 400 "
+                    "{\"code\": \"invalid_write_key\"}, the one status every Segment SDK drops without "
+                    "retrying (a 401 is retried forever by analytics-swift's default mode), and the client "
+                    "logs the error; 'accept_and_drop' answers 200 {\"success\": true} and drops the events, "
+                    "as Segment's own API does, so nothing shows on the client. Both are counted in "
+                    "trackrelay_requests_rejected_total{code=\"invalid_write_key\"} / the dropped-events "
+                    "counter with reason unknown_write_key.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -435,23 +479,64 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
-        names = [s.name for s in self.sources]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"source names must be unique: {sorted(dup)}")
-        keys = [k for s in self.sources for k in s.write_keys]
-        if len(keys) != len(set(keys)):
-            raise ValueError("a write key is used by more than one source")
-        dnames = [d.name for d in self.destinations]
-        dup = {n for n in dnames if dnames.count(n) > 1}
-        if dup:
-            raise ValueError(f"destination names must be unique: {sorted(dup)}")
-        for d in self.destinations:
-            for s in d.sources or []:
-                if s not in names:
-                    raise ValueError(f"destination {d.name!r} lists unknown source {s!r}")
+    def _cross_checks(self, info: ValidationInfo) -> "Config":
+        # load_config reports these itself, each at its own line, together with the field errors
+        if not (info.context or {}).get("cross_checked"):
+            problems = cross_reference(self.model_dump(include={"sources", "destinations"}))
+            if problems:
+                raise ValueError("; ".join(msg for _, msg in problems))
         return self
+
+
+def cross_reference(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks across entries, on the raw (interpolated) document so they run even when fields
+    elsewhere are invalid: unique source and destination names, each write key used once, and
+    destinations' ``sources`` naming real sources. Returns (location, message) pairs; a location
+    points at the offending entry. Messages never contain a write key."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+
+    def entries(field: str) -> list[tuple[int, Mapping[str, Any]]]:
+        value = data.get(field)
+        return [(i, e) for i, e in enumerate(value) if isinstance(e, Mapping)] if isinstance(value, list) else []
+
+    sources = entries("sources")
+    seen: dict[str, int] = {}
+    for i, src in sources:
+        name = src.get("name")
+        if isinstance(name, str) and name:
+            if name in seen:
+                problems.append((("sources", i, "name"), f"source name {name!r} is already used by sources.{seen[name]}"))
+            else:
+                seen[name] = i
+    keys: dict[str, tuple[int, int]] = {}
+    for i, src in sources:
+        write_keys = src.get("write_keys")
+        for j, key in enumerate(write_keys if isinstance(write_keys, list) else []):
+            if not isinstance(key, str) or not key.strip():
+                continue
+            if key in keys:
+                first = keys[key]
+                problems.append((("sources", i, "write_keys", j),
+                                 f"this write key is also sources.{first[0]}.write_keys.{first[1]}; a key "
+                                 "must belong to one source"))
+            else:
+                keys[key] = (i, j)
+    dests = entries("destinations")
+    dseen: dict[str, int] = {}
+    for i, dest in dests:
+        name = dest.get("name")
+        if isinstance(name, str) and name:
+            if name in dseen:
+                problems.append((("destinations", i, "name"),
+                                 f"destination name {name!r} is already used by destinations.{dseen[name]}"))
+            else:
+                dseen[name] = i
+        listed = dest.get("sources")
+        for j, s in enumerate(listed if isinstance(listed, list) else []):
+            if isinstance(s, str) and s not in seen:
+                known = ", ".join(sorted(seen)) or "none"
+                problems.append((("destinations", i, "sources", j), f"unknown source {s!r} (sources: {known})"))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,9 +640,11 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
     config = None
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context={"cross_checked": True})
     except ValidationError as exc:
         add(exc)
+    for loc, msg in cross_reference(data):
+        problems.append(ConfigProblem(file, _line_for(lines, loc), ".".join(str(x) for x in loc), msg))
     raw_dests = data.get("destinations")
     for i, dest in enumerate(raw_dests if isinstance(raw_dests, list) else []):
         if not isinstance(dest, dict) or dest.get("type") not in registry.MODULES:

@@ -5,8 +5,12 @@
 - ``messageId`` when the client sent none;
 - ``originalTimestamp`` kept and ``timestamp = receivedAt - (sentAt - originalTimestamp)``, with an
   item's own ``sentAt`` winning over the batch's; without sentAt the client timestamp is kept;
-- ``context.ip`` from the peer for browser and direct traffic, never overwriting one the client sent;
-- ``channel`` and ``version`` when absent; the write key is removed (the source name is kept).
+- ``context.ip`` from the peer for client-side traffic (browser and mobile libraries, on any path) and
+  ``context.direct`` traffic, never overwriting one the client sent; server libraries get none (their peer
+  is a server, not the user);
+- ``channel`` when absent: ``mobile`` for the mobile libraries whatever the path (analytics-kotlin and
+  analytics-swift post to ``/v1/b``), ``browser`` for analytics.js and the browser-only short paths,
+  ``server`` otherwise; ``version`` when absent; the write key is removed (the source name is kept).
 """
 
 from __future__ import annotations
@@ -16,8 +20,14 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+# context.library.name as the mobile SDKs set it (read from their sources): analytics-kotlin
+# (core/.../plugins/ContextPlugin.kt), analytics-swift (Sources/Segment/Plugins/Context.swift),
+# analytics-react-native (packages/core/src/context.ts), analytics_flutter ("analytics-flutter",
+# packages/core/lib/plugins/inject_context.dart), and the legacy analytics-android / analytics-ios.
 _MOBILE_LIBRARIES = ("analytics-ios", "analytics-android", "analytics-swift", "analytics-kotlin",
                      "analytics-react-native", "analytics-flutter", "analytics-xamarin")
+# analytics.js classic and analytics-next both report "analytics.js"
+_BROWSER_LIBRARIES = ("analytics.js",)
 
 
 _PREFIXES: dict[int, str] = {}
@@ -65,7 +75,8 @@ def merge_batch_fields(item: dict[str, Any], batch: dict[str, Any]) -> None:
 def library_name(item: dict[str, Any]) -> str:
     ctx = item.get("context")
     lib = ctx.get("library") if isinstance(ctx, dict) else None
-    name = lib.get("name") if isinstance(lib, dict) else None
+    # analytics-ios 1.x sent the library as a bare string ("library": "analytics-ios")
+    name = lib.get("name") if isinstance(lib, dict) else lib
     return name if isinstance(name, str) else ""
 
 
@@ -112,16 +123,12 @@ def enrich(item: dict[str, Any], received: float, received_iso: str, batch_sent:
     if not isinstance(ctx, dict):
         ctx = item["context"] = {}
     lib = library_name(item)
-    browser = short_path or lib == "analytics.js"
-    if client_ip and "ip" not in ctx and (browser or ctx.get("direct") is True):
+    mobile = lib.startswith(_MOBILE_LIBRARIES)
+    browser = not mobile and (short_path or lib.startswith(_BROWSER_LIBRARIES))
+    if client_ip and "ip" not in ctx and (mobile or browser or ctx.get("direct") is True):
         ctx["ip"] = client_ip
     if "channel" not in item:
-        if browser:
-            item["channel"] = "browser"
-        elif lib.startswith(_MOBILE_LIBRARIES):
-            item["channel"] = "mobile"
-        else:
-            item["channel"] = "server"
+        item["channel"] = "mobile" if mobile else "browser" if browser else "server"
     item.setdefault("version", 2)
     return item
 

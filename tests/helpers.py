@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ class TrackRelay:
         limits: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         self.tmp_path = Path(tmp_path)
         self.port = free_port()
@@ -67,10 +69,13 @@ class TrackRelay:
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.tmp_path / "trackrelay.log"
+        # server.tls: https, verified against this CA (the test's own, see tests/tls_support.py)
+        self.ssl_context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None
+        self.scheme = "https" if self.config["server"].get("tls") else "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "TrackRelay":
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -85,7 +90,7 @@ class TrackRelay:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"trackrelay exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1, context=self.ssl_context) as r:
                     if r.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -138,7 +143,7 @@ class TrackRelay:
             hdrs["Authorization"] = "Basic " + base64.b64encode(f"{self.write_key}:".encode()).decode()
         req = urllib.request.Request(self.url + path, data=data, headers=hdrs, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as r:
                 payload = r.read()
                 return r.status, (orjson.loads(payload) if payload else None), dict(r.headers)
         except urllib.error.HTTPError as e:
@@ -152,7 +157,7 @@ class TrackRelay:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
         req = urllib.request.Request(self.url + path, headers=headers or {}, method="GET")
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as r:
                 payload = r.read()
                 try:
                     return r.status, orjson.loads(payload), dict(r.headers)

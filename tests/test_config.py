@@ -63,17 +63,59 @@ def test_every_problem_is_listed_with_line_and_path(tmp_path):
     assert any(":10: destinations.1.type" in l and "unknown destination type" in l for l in lines), text
 
 
-def test_cross_checks(tmp_path):
+def test_cross_checks_are_listed_with_field_errors_each_at_its_line(tmp_path):
     path = write(tmp_path, """
+        server: {port: 99999}
         sources:
-          - {name: web, write_keys: [a]}
-          - {name: web, write_keys: [a]}
+          - {name: web, write_keys: [SECRETKEY1]}
+          - name: web
+            write_keys:
+              - other
+              - SECRETKEY1
         destinations:
-          - {name: h, type: console, sources: [ios]}
+          - {name: h, type: console, sources: [web, ios]}
+          - name: h
+            type: webhook
+            settings: {url: "not a url"}
     """)
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
-    assert "unique" in str(err.value)
+    text = str(err.value)
+    lines = text.splitlines()
+    assert any("c.yaml:2: server.port" in l for l in lines), text
+    assert any(":13: destinations.1.settings.url" in l for l in lines), text
+    assert any(":5: sources.1.name" in l and "'web' is already used by sources.0" in l for l in lines), text
+    assert any(":8: sources.1.write_keys.1" in l and "sources.0.write_keys.0" in l for l in lines), text
+    assert any(":10: destinations.0.sources.1" in l and "unknown source 'ios'" in l for l in lines), text
+    assert any(":11: destinations.1.name" in l and "'h' is already used" in l for l in lines), text
+    assert "(top)" not in text and "SECRETKEY1" not in text
+
+
+def test_cross_checks_hold_for_a_config_built_in_code():
+    from pydantic import ValidationError
+
+    from proxy.config import Config
+
+    with pytest.raises(ValidationError, match="unknown source 'ios'"):
+        Config.model_validate({"sources": [{"name": "web", "write_keys": ["k"]}],
+                               "destinations": [{"name": "c", "type": "console", "sources": ["ios"]}]})
+
+
+def test_tls_files_must_exist_and_unknown_write_key_policy(tmp_path):
+    path = write(tmp_path, f"""
+        server:
+          tls: {{cert_file: {tmp_path}/missing.pem, key_file: {tmp_path}/missing.key}}
+          unknown_write_key: ignore
+        sources: [{{name: web, write_keys: [k]}}]
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    lines = str(err.value).splitlines()
+    assert any(":3: server.tls.cert_file" in l and "missing.pem" in l for l in lines), lines
+    assert any(":3: server.tls.key_file" in l for l in lines), lines
+    assert any(":4: server.unknown_write_key" in l and "'reject' or 'accept_and_drop'" in l for l in lines), lines
+    cfg = load_config(write(tmp_path, "sources: [{name: web, write_keys: [k]}]\n"), env={})
+    assert cfg.server.tls is None and cfg.server.unknown_write_key == "reject"
 
 
 def test_invalid_yaml_reports_the_line(tmp_path):
@@ -99,6 +141,19 @@ def test_sizes(value, expected):
     assert parse_size(value) == expected
 
 
+def test_size_defaults_and_messages_use_the_readmes_units():
+    from proxy.config import LimitsConfig, format_size
+
+    limits = LimitsConfig()
+    # README: "32 KiB per event, 500 KiB per request"; KB would be 32,000 / 500,000
+    assert limits.max_event_bytes == parse_size("32KiB") and limits.max_request_bytes == parse_size("500KiB")
+    assert format_size(limits.max_event_bytes) == "32768 bytes (32 KiB)"
+    assert format_size(512_000) == "512000 bytes (500 KiB)"
+    assert format_size(500_000) == "500000 bytes (500 KB)" and format_size(1001) == "1001 bytes"
+    readme = (ROOT / "README.md").read_text()
+    assert "max_event_bytes: 32KiB" in readme and "max_request_bytes: 500KiB" in readme
+
+
 @pytest.mark.parametrize("value,expected", [("250ms", 0.25), ("4h", 14400), (3, 3.0), ("1.5s", 1.5), ("2d", 172800)])
 def test_durations(value, expected):
     assert parse_duration(value) == expected
@@ -112,3 +167,13 @@ def test_check_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(bad)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "sources" in out.stderr
+
+
+def test_help_lists_only_public_commands():
+    out = subprocess.run([sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    assert "serve" in out.stdout and "check" in out.stdout and "dead-letters" in out.stdout
+    assert "SUPPRESS" not in out.stdout and "ingest-worker" not in out.stdout
+    # the internal command still parses (serve starts it for server.workers > 1)
+    worker = subprocess.run([sys.executable, "-m", "proxy", "ingest-worker"], capture_output=True, text=True, cwd=ROOT)
+    assert worker.returncode == 2 and "--notify-fd" in worker.stderr

@@ -56,10 +56,10 @@ def node_modules():
         ("1.84", "standard"),
         ("1.84", "batching"),
         ("1.83", "standard"),
-        pytest.param("1.83", "batching", marks=pytest.mark.skip(
-            reason="analytics-next <=1.83 batching always posts to https://{apiHost}/b (protocol ignored); "
-                   "trackrelay here listens on plain http, so the browser fails with ERR_SSL_PROTOCOL_ERROR. "
-                   "Fixed upstream in 1.84 (tested above).")),
+        # analytics-next <=1.83 batching always posts to https://{apiHost}/b (protocol ignored; fixed in
+        # 1.84): trackrelay serves https itself here (server.tls), with a certificate made in the test that
+        # Chromium trusts by its key pin (--ignore-certificate-errors-spki-list), nothing else
+        ("1.83", "batching"),
     ],
 )
 def test_analytics_next_in_chromium(tmp_path, chromium_path, node_modules, alias, mode):
@@ -68,14 +68,29 @@ def test_analytics_next_in_chromium(tmp_path, chromium_path, node_modules, alias
     if mode == "batching":
         segmentio = {"deliveryStrategy": {"strategy": "batching", "config": {"size": 3, "timeout": 300}}}
 
-    with TrackRelay(tmp_path) as tr:
+    tls = alias == "1.83" and mode == "batching"
+    server: dict = {}
+    extra_args: list[str] = []
+    ca_path = None
+    if tls:
+        from tests.tls_support import make_ca, make_leaf, spki_pin
+
+        ca = make_ca(tmp_path)
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        make_leaf(ca, cert, key)
+        server = {"tls": {"cert_file": str(cert), "key_file": str(key)}}
+        extra_args = [f"--ignore-certificate-errors-spki-list={spki_pin(cert)}"]
+        ca_path = ca.path
+    scheme = "https" if tls else "http"
+
+    with TrackRelay(tmp_path, server=server, tls_ca=ca_path) as tr:
         # What the browser will get from trackrelay (checked here so a bad settings object is reported clearly).
         status, settings, headers = tr.get(f"/v1/projects/{tr.write_key}/settings",
                                            headers={"Origin": "http://127.0.0.1:1"})
         assert status == 200, settings
         seg = settings["integrations"]["Segment.io"]
         assert seg["apiKey"] == tr.write_key
-        assert seg["apiHost"] == tr.url.removeprefix("http://") + "/v1" and seg["protocol"] == "http", seg
+        assert seg["apiHost"] == tr.url.removeprefix(scheme + "://") + "/v1" and seg["protocol"] == scheme, seg
         assert settings["metrics"]["sampleRate"] == 0
 
         config = {"trackrelay": tr.url, "writeKey": tr.write_key, "segmentio": segmentio, "run": f"{alias}-{mode}"}
@@ -84,7 +99,7 @@ def test_analytics_next_in_chromium(tmp_path, chromium_path, node_modules, alias
             report = run_json(
                 [shutil.which("node") or "node", str(SDK_DIR / "browser_driver.js"), json.dumps({
                     "pageUrl": page_server.url + "/", "trackrelay": tr.url, "executablePath": chromium_path,
-                    "timeoutMs": 30000, "graceMs": 1500,
+                    "timeoutMs": 30000, "graceMs": 1500, "extraArgs": extra_args,
                 })],
                 timeout=120, env={"NODE_PATH": str(NODE_MODULES)},
             )

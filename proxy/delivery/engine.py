@@ -410,6 +410,9 @@ class DeliveryEngine:
             await self.session.close()
 
     async def transport(self, req: Request, timeout: float) -> Response:
+        from destinations.base import at_send_time  # the send time of THIS attempt (Segment's sentAt)
+
+        req = at_send_time(req, time.time())
         if req.url in ("stdout:", "stderr:"):
             stream = sys.stdout if req.url == "stdout:" else sys.stderr
             stream.buffer.write(req.body or b"")

@@ -364,8 +364,9 @@ def test_body_stays_under_130kb() -> None:
 
 
 def test_an_event_too_big_for_one_request_is_rejected() -> None:
-    products = [{"product_id": f"p{n}", "name": "n" * 99, "category": "c" * 99, "brand": "b" * 99}
-                for n in range(500)]
+    # 200 items (the most GA4 keeps) with every item field at its 100-character limit
+    products = [{"product_id": f"p{n}".ljust(100, "i"), **{k: k[0] * 100 for k in (
+        "name", "affiliation", "coupon", "brand", "category", "variant")}} for n in range(200)]
     built = build(minimal("track", event="Cart Viewed", properties={"products": products}))
     assert built.requests == [] and "130000" in built.rejects[0].reason
 
@@ -543,3 +544,34 @@ def test_the_fake_drops_invalid_payloads_silently_and_the_validation_server_expl
 def test_the_validation_server_fake_enforces_documented_limits(body: dict, code: str) -> None:
     messages = fake_ga4.validate(orjson.dumps(body))
     assert code in [m["validationCode"] for m in messages], messages
+
+
+def test_more_than_200_items_sends_the_first_200_and_notes_the_truncation() -> None:
+    products = [{"product_id": f"p{n}", "name": f"P{n}", "price": 1.5, "quantity": 1} for n in range(230)]
+    order = minimal("track", event="Order Completed",
+                    properties={"order_id": "o-1", "revenue": 345.0, "currency": "EUR", "products": products})
+    built = build(order)
+    assert not built.skips and not built.rejects
+    assert [(n.index, n.reason) for n in built.notes] == [(0, (
+        "items truncated: 230 products, GA4 keeps 200 per event; sent the first 200 "
+        "(value and currency are the whole order's)"))]
+    [req] = built.requests
+    params = orjson.loads(req.body)["events"][0]["params"]
+    assert [i["item_id"] for i in params["items"]] == [f"p{n}" for n in range(200)]
+    assert (params["value"], params["currency"], params["transaction_id"]) == (345.0, "EUR", "o-1")
+    # Google's rule, as the fake enforces it: the built request is kept whole
+    with FakeServer(fake_ga4.make_app()) as fake:
+        req = build(order, endpoint=fake.url).requests[0]
+        assert _post(req.url, req.body)[0] == 204
+        assert fake.app["dropped"] == [] and len(fake.app["accepted"]) == 1
+        # ...while the untruncated event would have been cut by Google without a word
+        untruncated = orjson.loads(req.body)
+        untruncated["events"][0]["params"]["items"] = [{"item_id": f"p{n}"} for n in range(230)]
+        assert _post(req.url, orjson.dumps(untruncated))[0] == 204
+        assert len(fake.app["dropped"]) == 1
+
+
+def test_200_items_exactly_is_sent_without_a_note() -> None:
+    products = [{"product_id": f"p{n}"} for n in range(200)]
+    built = build(minimal("track", event="Product List Viewed", properties={"products": products}))
+    assert built.notes == [] and len(orjson.loads(built.requests[0].body)["events"][0]["params"]["items"]) == 200

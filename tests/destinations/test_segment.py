@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import base64
+import time
+import urllib.error
+import urllib.request
 
 import orjson
 from pydantic import SecretStr
 
-from destinations.base import Message
+from datetime import datetime, timedelta, timezone
+
+from destinations.base import Message, at_send_time
 from destinations.segment import ADAPTER
+from tests.fakes.base import FakeServer, send
+from tests.fakes.segment import ACCEPTED, CLOCK_OFFSET, TIMESTAMPS, make_app
 from tests.fixtures.messages import ALL_CALLS, TRACK
 
 
@@ -22,10 +29,53 @@ def test_forwards_unchanged_with_own_key_golden():
     [req] = built.requests
     assert req.method == "POST" and req.url == "https://api.segment.io/v1/batch"
     assert dict(req.headers) == {"Content-Type": "application/json", "Authorization": auth("WK_FWD")}
-    body = orjson.loads(req.body)
-    assert body["batch"] == [{k: v for k, v in m.items() if k != "receivedAt"} for m in ALL_CALLS]
-    assert body["sentAt"] == "2026-11-22T20:05:51.829Z"
+    assert req.stamps_sent_at
+    body = orjson.loads(at_send_time(req, datetime(2026, 11, 22, 22, 0, 0, 250000, timezone.utc).timestamp()).body)
+    # each item: originalTimestamp = trackrelay's corrected timestamp, no sentAt of its own
+    assert body["batch"] == [{**{k: v for k, v in m.items() if k not in ("receivedAt", "sentAt")},
+                              "originalTimestamp": m["timestamp"]} for m in ALL_CALLS]
+    # the batch sentAt is the moment of the attempt
+    assert body["sentAt"] == "2026-11-22T22:00:00.250Z"
     assert req.messages == tuple(range(len(ALL_CALLS)))
+
+
+def test_an_event_forwarded_hours_late_keeps_its_event_time_in_segment():
+    """Segment: timestamp = receivedAt - (sentAt - originalTimestamp). An event that happened (and
+    reached trackrelay) 2 h ago, with a device clock 10 min fast and its own sentAt, forwarded now:
+    Segment's correction must give the original event time, not the delivery time."""
+    now = datetime.now(timezone.utc)
+    happened = now - timedelta(hours=2)
+    iso = lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
+    device = happened + timedelta(minutes=10)
+    stored = {**TRACK, "messageId": "late-1", "originalTimestamp": iso(device), "sentAt": iso(device + timedelta(seconds=1)),
+              "timestamp": iso(happened), "receivedAt": iso(happened + timedelta(seconds=1))}
+    with FakeServer(make_app({"k"})) as fake:
+        s = ADAPTER.validate_settings({"write_key": "k", "endpoint": fake.url})
+        [req] = ADAPTER.build_requests([Message(stored)], s).requests
+        assert send(req).status == 200
+        got = fake.app[TIMESTAMPS]["late-1"]
+        assert abs(got - happened.timestamp()) < 5, (datetime.fromtimestamp(got, timezone.utc), happened)
+        # the same request, retried by delivery 30 min later: stamped at that attempt, still the event time
+        fake.app[CLOCK_OFFSET][0] = 1800
+        later = at_send_time(req, time.time() + 1800)
+        http = urllib.request.Request(req.url, data=later.body, headers=dict(req.headers), method="POST")
+        with urllib.request.urlopen(http, timeout=10) as r:
+            assert r.status == 200
+        assert abs(fake.app[TIMESTAMPS]["late-1"] - happened.timestamp()) < 5
+        assert fake.app[ACCEPTED][0][1]["originalTimestamp"] == iso(happened)
+        assert "sentAt" not in fake.app[ACCEPTED][0][1]
+
+
+def test_the_fake_refuses_an_unstamped_send_time():
+    with FakeServer(make_app({"k"})) as fake:
+        s = ADAPTER.validate_settings({"write_key": "k", "endpoint": fake.url})
+        [req] = ADAPTER.build_requests([Message(TRACK)], s).requests
+        http = urllib.request.Request(req.url, data=req.body.replace(b"\x00", b""), headers=dict(req.headers))
+        try:
+            urllib.request.urlopen(http, timeout=10)
+            raise AssertionError("accepted a placeholder sentAt")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
 
 
 def test_regions_and_endpoint():
@@ -42,7 +92,8 @@ def test_passthrough_groups_by_the_key_each_event_arrived_with():
             Message({**TRACK, "messageId": "c"}, "web", SecretStr("K1")),
             Message({**TRACK, "messageId": "d"}, "web", None)]
     built = ADAPTER.build_requests(msgs, s)
-    by_auth = {r.headers["Authorization"]: [e["messageId"] for e in orjson.loads(r.body)["batch"]] for r in built.requests}
+    by_auth = {r.headers["Authorization"]: [e["messageId"] for e in orjson.loads(at_send_time(r, 0).body)["batch"]]
+               for r in built.requests}
     assert by_auth == {auth("K1"): ["a", "c"], auth("K2"): ["b"]}
     assert [(r.index, "unknown" in r.reason) for r in built.rejects] == [(3, True)]
 

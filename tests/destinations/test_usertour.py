@@ -182,7 +182,7 @@ def test_page_and_screen_are_skipped_by_default(event: dict[str, Any]) -> None:
 def test_page_full_as_event_when_enabled() -> None:
     assert [shape(r) for r in build(PAGE, page_events=True).requests] == [(
         "POST", f"{BASE}/events", HEADERS,
-        {"userId": "user-1", "name": "page_viewed", "companyId": "acct-42",
+        {"userId": "user-1", "name": "segment_page_viewed", "companyId": "acct-42",
          "attributes": {"url": "https://shop.example.com/pricing?a=1", "path": "/pricing", "title": "Pricing",
                         "referrer": "https://example.org/", "name": "Pricing", "category": "Docs"},
          "occurredAt": TS},
@@ -191,7 +191,7 @@ def test_page_full_as_event_when_enabled() -> None:
 
 def test_screen_minimal_as_event_when_enabled() -> None:
     assert [shape(r) for r in build(minimal("screen", userId="u1"), page_events=True).requests] == [
-        ("POST", f"{BASE}/events", HEADERS, {"userId": "u1", "name": "screen_viewed", "occurredAt": TS})
+        ("POST", f"{BASE}/events", HEADERS, {"userId": "u1", "name": "segment_screen_viewed", "occurredAt": TS})
     ]
 
 
@@ -276,7 +276,7 @@ def test_every_request_built_for_the_fixtures_is_accepted(fake: FakeServer) -> N
     assert app["companies"]["acct-42"] == {"name": "Acme Inc", "plan": "enterprise", "employees": 120}
     assert ("acct-42", "user-1") in app["memberships"]
     names = [e["codeName"] for e in app["events"]]
-    assert names.count("Signed_Up") == 2 and "Order_Completed" in names and "page_viewed" in names
+    assert names.count("Signed_Up") == 2 and "Order_Completed" in names and "segment_page_viewed" in names
     # the first Signed_Up came before the group call created the company: Usertour drops the link
     assert [e["companyId"] for e in app["events"] if e["codeName"] == "Signed_Up"] == [None, "acct-42"]
 
@@ -321,3 +321,24 @@ def test_the_fake_rate_limit_is_retried_after_its_header(fake: FakeServer) -> No
     assert throttled.status == 429 and throttled.json()["error"]["code"] == "E1013"
     outcome = ADAPTER.classify(request, throttled)
     assert outcome.verdict is Verdict.RETRY and outcome.retry_after == 7
+
+
+@pytest.mark.parametrize("name", ["page_viewed", "flow_started", "checklist completed"])
+def test_a_track_named_like_a_built_in_usertour_event_is_rejected(name):
+    built = build(minimal("track", userId="u1", event=name))
+    assert built.requests == []
+    assert [r.index for r in built.rejects] == [0] and "built-in Usertour event" in built.rejects[0].reason
+
+
+def test_page_events_use_names_the_events_api_accepts():
+    fake_app = make_app(TOKEN, "proj1", "env1")
+    with FakeServer(fake_app) as fake:
+        for event in (minimal("page", userId="u1", name="Home"), minimal("screen", userId="u1", name="Feed")):
+            [req] = build(event, endpoint=fake.url, page_events=True).requests
+            assert send(req).status in (200, 201)
+        # the old name is what the API refuses
+        [req] = build(minimal("page", userId="u1", name="Home"), endpoint=fake.url, page_events=True).requests
+        body = orjson.loads(req.body)
+        body["name"] = "page_viewed"
+        old = type(req)(req.method, req.url, req.headers, orjson.dumps(body), req.messages)
+        assert send(old).status == 400

@@ -140,7 +140,11 @@ def json_error(status: int, payload: Any, headers: dict[str, str] | None = None)
 
 def send(request: Request, url: str | None = None) -> Response:
     """Send a built request as it is, to ``url`` (default: its own URL), and return the answer as a
-    delivery worker would see it (error statuses included)."""
+    delivery worker would see it (error statuses included). Like delivery, it stamps the send time
+    into requests that carry destinations.base.SENT_AT."""
+    from destinations.base import at_send_time
+
+    request = at_send_time(request, time.time())
     http = urllib.request.Request(url or request.url, data=request.body, headers=dict(request.headers),
                                   method=request.method)
     try:

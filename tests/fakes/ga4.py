@@ -10,7 +10,8 @@ sending-events "Limitations", validating-events):
   quantity), strings <= 100 characters (page_location 1000, page_referrer 420, page_title 300);
   value needs currency, currency is 3 letters; <= 25 user_properties, names <= 24 characters,
   not reserved, ``{"value": scalar}`` with strings <= 36 characters; user_id <= 256 characters;
-  timestamp_micros a positive integer.
+  timestamp_micros a positive integer; at most 200 ``items`` per event (Google keeps the first 200
+  and drops the rest without an error: here the event lands in ``dropped``).
 
 Answers, as Google's:
 - ``/mp/collect`` answers 204 to everything, valid or not. Valid requests (right secret, no
@@ -31,6 +32,7 @@ import orjson
 from aiohttp import web
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+MAX_ITEMS = 200
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 RESERVED_EVENTS = {
     "ad_activeview", "ad_click", "ad_exposure", "ad_impression", "ad_query", "adunit_exposure",
@@ -162,6 +164,9 @@ def _items(index: int, items: Any) -> list[dict[str, str]]:
     if not isinstance(items, list):
         return [_msg(at, f"Event at index: [{index}] items must be an array.", "VALUE_INVALID")]
     out = []
+    if len(items) > MAX_ITEMS:
+        out.append(_msg(at, f"Event at index: [{index}] has {len(items)} items; at most {MAX_ITEMS} are kept.",
+                        "EXCEEDED_MAX_ENTITIES"))
     for n, item in enumerate(items):
         path = f"{at}[{n}]"
         if not isinstance(item, dict):

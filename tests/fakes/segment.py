@@ -1,12 +1,19 @@
 """Contract fake of Segment's Tracking API batch endpoint (what trackrelay's `segment` destination
 talks to): Basic auth with a known write key, JSON body {"batch": [...]}, each item with a type,
 messageId and userId/anonymousId, 32 KB per event, 500 KB and 2,500 events per request. Errors are
-Segment's JSON {"success": false, "code", "message"}; success is 200 {"success": true}."""
+Segment's JSON {"success": false, "code", "message"}; success is 200 {"success": true}.
+
+Event time as Segment computes it (segment-docs common fields): ``timestamp = receivedAt - (sentAt -
+originalTimestamp)``, an item's own sentAt winning over the batch's; a sentAt that is present must be an
+ISO 8601 time. TIMESTAMPS records the resulting time per messageId (``now`` is the fake's clock, which a
+test may move to play a late delivery)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import time
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -15,12 +22,26 @@ from aiohttp import web
 from tests.fakes.base import json_error
 
 ACCEPTED: web.AppKey = web.AppKey("accepted", list)
+TIMESTAMPS: web.AppKey = web.AppKey("timestamps", dict)  # messageId -> Segment's computed timestamp (epoch s)
+CLOCK_OFFSET: web.AppKey = web.AppKey("clock_offset", list)  # [seconds] added to the fake's receivedAt
+
+
+def _time(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 TYPES = {"track", "identify", "page", "screen", "group", "alias"}
 
 
 def make_app(write_keys: set[str]) -> web.Application:
     app = web.Application(client_max_size=10 * 1024 * 1024)
     app[ACCEPTED] = []  # (write key, event) in arrival order
+    app[TIMESTAMPS] = {}
+    app[CLOCK_OFFSET] = [0.0]
 
     async def batch(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
@@ -51,6 +72,17 @@ def make_app(write_keys: set[str]) -> web.Application:
                     or not (item.get("userId") or item.get("anonymousId"))
                     or len(orjson.dumps(item)) > 32 * 1024):
                 return json_error(400, {"success": False, "code": "invalid_request", "message": "invalid event"})
+        received = time.time() + app[CLOCK_OFFSET][0]
+        batch_sent = payload.get("sentAt")
+        if batch_sent is not None and _time(batch_sent) is None:
+            return json_error(400, {"success": False, "code": "invalid_request", "message": "sentAt is not a time"})
+        for item in items:
+            if item.get("sentAt") is not None and _time(item["sentAt"]) is None:
+                return json_error(400, {"success": False, "code": "invalid_request", "message": "sentAt is not a time"})
+        for item in items:
+            sent, original = _time(item.get("sentAt") or batch_sent), _time(item.get("originalTimestamp") or item.get("timestamp"))
+            app[TIMESTAMPS][item["messageId"]] = (
+                received - (sent - original) if sent is not None and original is not None else original or received)
         app[ACCEPTED].extend((key, item) for item in items)
         return web.json_response({"success": True})
 

@@ -32,7 +32,7 @@ from tests.fakes.base import json_error
 DOC_URL = "https://docs.usertour.io/api-reference"
 CODE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 ISO_OFFSET = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
-BUILT_IN_EVENTS = {"flow_started", "flow_ended", "flow_completed", "flow_step_seen", "question_answered",
+BUILT_IN_EVENTS = {"page_viewed", "flow_started", "flow_ended", "flow_completed", "flow_step_seen", "question_answered",
                    "checklist_seen", "checklist_dismissed", "checklist_completed", "launcher_seen"}
 MAX_BODY = 100 * 1024
 NOW = "2026-11-22T21:00:00.000Z"

@@ -45,6 +45,8 @@ async function main() {
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // e.g. --ignore-certificate-errors-spki-list=<pin>: trust the test's own certificate, nothing else
+      ...(opts.extraArgs || []),
     ],
   })
   const report = { result: null, urls: [], posts: [], gets: [], failed: [], console: [], pageErrors: [] }

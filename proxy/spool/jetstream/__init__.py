@@ -620,7 +620,7 @@ class JetStreamSpool(Spool):
                     continue
                 meta, payload = _unpack(msg.data)
                 wait = float(meta.get("due", 0)) - now
-                if wait > 0.5:  # early (a server without message schedules): back with the remaining delay
+                if wait > 0:  # early (due within a second, or a server without schedules): back with the remaining delay
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=wait)
                     continue
@@ -971,6 +971,16 @@ class JetStreamSpool(Spool):
             routed = int(routed / counted * pending_records)
         return routed, oldest
 
+    async def _oldest_retry(self, tok: str) -> float | None:
+        """receivedAt of the first retry of the destination in stream order (due, then scheduled)."""
+        out: float | None = None
+        for subject in (f"{self.prefix}.due.{tok}", f"{self.prefix}.sched.{tok}.*"):
+            got = await self._get(self.s_retry, 1, subject)
+            if got is not None:
+                at = records.Record(_unpack(got[2])[1]).header.received_at
+                out = at if out is None else min(out, at)
+        return out
+
     async def stats(self, destinations: Sequence[str] = ()) -> Stats:
         ev = await self._stream_state(self.s_events)
         rt = await self._stream_state(self.s_retry)
@@ -982,6 +992,9 @@ class JetStreamSpool(Spool):
             tok = token_of(name)
             info = await self._consumer_info(self.s_events, f"{self.prefix}_{tok}")
             backlog, oldest = await self._backlog(name, info, ev)
+            retry_oldest = await self._oldest_retry(tok)
+            if retry_oldest is not None:
+                oldest = retry_oldest if oldest is None else min(oldest, retry_oldest)
             retries = retry_subjects.get(f"{self.prefix}.due.{tok}", 0) + sum(
                 n for s, n in retry_subjects.items() if s.startswith(f"{self.prefix}.sched.{tok}."))
             per[name] = DestinationStats(backlog=backlog, retries=retries, dead=dead.get(f"{self.prefix}.dead.{tok}", 0),
@@ -1091,6 +1104,9 @@ class JetStreamSpool(Spool):
         if floor > ev.get("first_seq", 0) and ev.get("messages", 0):
             with contextlib.suppress(_ApiError, SpoolUnavailable):
                 await self._api(f"$JS.API.STREAM.PURGE.{self.s_events}", {"seq": floor})
+                ev = await self._stream_state(self.s_events)
+                self._events_bytes = ev.get("bytes", 0)
+                self._full = self._events_bytes >= max_bytes
 
     async def delete_everything(self) -> None:
         """Delete every stream this prefix created (tests; an operator uses the nats CLI)."""

@@ -185,6 +185,12 @@ class JetStreamSettings(_Model):
     def _size(cls, v: Any) -> int:
         return parse_size(v)
 
+    def __repr_args__(self) -> Any:  # server URLs may carry user:password@: never in a repr
+        for name, value in super().__repr_args__():
+            if name == "servers":
+                value = [re.sub(r"//[^@/]*@", "//***@", u) for u in value]
+            yield name, value
+
     @field_validator("connect_timeout", "publish_timeout", "ack_wait", "duplicate_window", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:

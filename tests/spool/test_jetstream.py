@@ -215,7 +215,7 @@ def _run_driver(mode: str, prefix: str, out: Path, urls: list[str], name: str = 
 
 
 @pytest.mark.slow
-async def test_sigkill_a_node_then_the_leader_then_the_whole_cluster_loses_nothing_acknowledged(tmp_path):
+async def test_sigkill_a_node_then_the_leader_then_an_instance_then_the_whole_cluster_loses_nothing_acked(tmp_path):
     prefix = "kill"
     with NatsCluster(tmp_path) as cluster:
         setup = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, max_bytes=512 * 1024 * 1024,
@@ -252,6 +252,13 @@ async def test_sigkill_a_node_then_the_leader_then_the_whole_cluster_loses_nothi
             cluster.start(leader)
             cluster.wait_ready(90)
             assert acked() > before
+            procs[0].send_signal(signal.SIGKILL)          # one instance dies mid-load; the other goes on
+            procs[0].wait(30)
+            mark = acked()
+            deadline = time.monotonic() + 60
+            while acked() < mark + 500 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert acked() >= mark + 500
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
@@ -262,6 +269,7 @@ async def test_sigkill_a_node_then_the_leader_then_the_whole_cluster_loses_nothi
                     p.kill()
         acked_ids = [m for o in outs for m in o.read_text().split()]
         assert len(acked_ids) == len(set(acked_ids))
+        print(f"acknowledged: {len(acked_ids)} events from 2 processes")
         cluster.kill_all()                                # a whole-cluster crash, then a restart
         cluster.start_all()
         drained = tmp_path / "leased.txt"

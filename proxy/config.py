@@ -272,13 +272,27 @@ class JetStreamSettings(_Model):
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection at start.")
     publish_timeout: float = Field(
         10.0, gt=0, description="Longest wait for a PubAck (leader elections take 5-12 s); then 503 + Retry-After.")
+    max_inflight: int = Field(256, ge=1, le=65536,
+                              description="Publishes in flight per instance; more requests wait (within publish_timeout).")
+    ack_wait: float = Field(
+        60.0, ge=1, description="How long a leased event stays with an instance that stopped answering (crashed) before "
+                                "the cluster hands it to another one; live instances extend it while they work.")
+    duplicate_window: float = Field(
+        120.0, ge=1, description="JetStream's own duplicate window (Nats-Msg-Id): a publish retried within it is stored "
+                                 "once. Must exceed publish_timeout. The (source, messageId) window is storage.dedup_window.")
 
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _size(cls, v: Any) -> int:
         return parse_size(v)
 
-    @field_validator("connect_timeout", "publish_timeout", mode="before")
+    def __repr_args__(self) -> Any:  # server URLs may carry user:password@: never in a repr
+        for name, value in super().__repr_args__():
+            if name == "servers":
+                value = [re.sub(r"//[^@/]*@", "//***@", u) for u in value]
+            yield name, value
+
+    @field_validator("connect_timeout", "publish_timeout", "ack_wait", "duplicate_window", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)

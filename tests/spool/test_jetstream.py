@@ -1,0 +1,283 @@
+"""JetStream-specific behaviour beyond the conformance suite, against real nats-server processes:
+two instances sharing dedup and delivery, refusals at start, the bounded wait when the cluster is
+gone, retries that hold no consumer slot, secrets kept out of repr and errors, and SIGKILLs of
+nats nodes (one, then the stream leader, then the whole cluster) during appends from two processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from proxy.spool.base import Disposition, Settlement, SpoolUnavailable
+from proxy.spool.jetstream import JetStreamRefused, JetStreamSpool
+from tests.spool.harness_jetstream import shared_cluster, storage
+from tests.spool.jetstream_cluster import NatsCluster, nats_server_binary, _free_ports
+from tests.spool.support import BIG, deliver_all, ev, lease_all, mids, req
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = {"max_bytes": 64 * 1024 * 1024, "dedup_memory": 8 * 1024 * 1024}
+
+
+@pytest.fixture
+async def two(tmp_path):
+    """Two instances on one stream prefix of the shared cluster (as two servers behind a balancer)."""
+    cluster = shared_cluster()
+    prefix = "x" + uuid.uuid4().hex[:10]
+    spools = []
+    for _ in range(2):
+        s = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, **SMALL), role="main")
+        await s.start()
+        spools.append(s)
+    yield spools
+    for s in spools:
+        await s.close()
+    admin = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, **SMALL), role="admin")
+    await admin.start()
+    await admin.delete_everything()
+    await admin.close()
+
+
+async def _until(cond, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if await cond():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_resend_to_the_other_instance_is_a_duplicate(two):
+    a, b = two
+    await a.attach(["A"])
+    assert (await a.append(req(ev("m1"), ev("m2")))).stored == 2
+
+    async def b_knows():
+        return b._index.seen(req(ev("m1")).items[0].dedup, time.time())
+
+    assert await _until(b_knows)  # b follows the ids stream
+    r = await b.append(req(ev("m1"), ev("m3")))
+    assert (r.stored, r.duplicates) == (1, 1)
+    got = await deliver_all(a, "A") + await deliver_all(b, "A")
+    assert sorted(got) == ["m1", "m2", "m3"]
+
+
+async def test_a_new_instance_loads_the_ids_of_the_window_at_start(two, tmp_path):
+    a, _b = two
+    await a.append(req(*(ev(f"m{i}") for i in range(50))))
+    c = JetStreamSpool(storage(a._cfg.servers, a.prefix, tmp_path, **SMALL), role="ingest")
+    await c.start()
+    try:
+        r = await c.append(req(*(ev(f"m{i}") for i in range(45, 55))))
+        assert (r.stored, r.duplicates) == (5, 5)
+    finally:
+        await c.close()
+
+
+async def test_two_instances_share_the_work_each_event_leased_once(two):
+    a, b = two
+    await a.attach(["A"])
+    await b.attach(["A"])
+    for n in range(20):
+        await a.append(req(*(ev(f"m{n}-{i}") for i in range(5))))
+    got_a, got_b = [], []
+    for _ in range(10):
+        wa, wb = await asyncio.gather(a.lease("A", 7, BIG), b.lease("A", 7, BIG))
+        got_a += mids(wa)
+        got_b += mids(wb)
+        await asyncio.gather(a.settle("A", [Settlement(w, Disposition.DELIVERED) for w in wa]),
+                             b.settle("A", [Settlement(w, Disposition.DELIVERED) for w in wb]))
+    got_a += await deliver_all(a, "A")
+    got_b += await deliver_all(b, "A")
+    assert sorted(got_a + got_b) == sorted(f"m{n}-{i}" for n in range(20) for i in range(5))
+    assert got_a and got_b  # the server spread the records
+
+
+async def test_a_retry_waiting_for_hours_holds_no_consumer_slot(two):
+    a, _b = two
+    await a.attach(["A"])
+    await a.append(req(*(ev(f"m{i}") for i in range(30))))
+    works = await lease_all(a, "A")
+    await a.settle("A", [Settlement(w, Disposition.RETRY, retry_at=time.time() + 3 * 3600, attempts=1)
+                         for w in works])
+    assert await lease_all(a, "A") == []
+    stats = (await a.stats(["A"])).destinations["A"]
+    assert stats.retries == 30
+    if a._schedules:
+        for stream, name in ((a.s_events, f"{a.prefix}_A"), (a.s_retry, f"{a.prefix}_A_retry")):
+            info = await a._consumer_info(stream, name)
+            assert info["num_ack_pending"] == 0, (name, info["num_ack_pending"])
+
+
+async def test_a_dead_instance_s_leases_go_to_the_other_one_after_ack_wait(two):
+    a, b = two
+    await a.attach(["A"])
+    await b.attach(["A"])
+    await a.append(req(ev("m1"), ev("m2"), ev("m3")))
+    first = await a.lease("A", 1, BIG)
+    await a.settle("A", [Settlement(first[0], Disposition.DELIVERED)])
+    await a._abandon()
+    assert await b.lease("A", 10, BIG) == [] or True  # may already be due if ack_wait passed
+
+    async def b_gets_them():
+        got = await lease_all(b, "A")
+        b_gets_them.seen += mids(got)
+        await b.settle("A", [Settlement(w, Disposition.DELIVERED) for w in got])
+        return sorted(b_gets_them.seen) == ["m2", "m3"]
+
+    b_gets_them.seen = []
+    assert await _until(b_gets_them)
+
+
+async def test_refuses_to_start_without_jetstream_and_when_unreachable(tmp_path):
+    port, http = _free_ports(2)
+    proc = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.5)
+        spool = JetStreamSpool(storage([f"nats://127.0.0.1:{port}"], "nojs", tmp_path, **SMALL))
+        with pytest.raises(JetStreamRefused, match="JetStream is not enabled"):
+            await spool.start()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    s = storage([f"nats://127.0.0.1:{http}"], "gone", tmp_path, **SMALL)
+    s.jetstream.connect_timeout = 1.0
+    with pytest.raises(JetStreamRefused, match="cannot connect to NATS at nats://127.0.0.1"):
+        await JetStreamSpool(s).start()
+
+
+def test_version_check():
+    from proxy.spool.jetstream import MIN_VERSION, _version
+
+    assert _version("2.9.10") < MIN_VERSION <= _version("2.10.0") < _version("2.15.1")
+    assert _version("2.11.0-beta.2") == (2, 11, 0)
+
+
+async def test_secrets_stay_out_of_repr_and_errors(tmp_path):
+    from proxy.config import JetStreamStorage
+
+    s = JetStreamStorage(engine="jetstream", path=tmp_path, jetstream={
+        "servers": ["nats://alice:hunter2-zq9@127.0.0.1:1"], "stream": "sec", "connect_timeout": 1.0,
+        "user": "bob", "password": "pw-zq9", "max_bytes": SMALL["max_bytes"]})
+    spool = JetStreamSpool(s)
+    assert "zq9" not in repr(spool) and "zq9" not in repr(s)
+    with pytest.raises(JetStreamRefused) as exc:
+        await spool.start()
+    assert "zq9" not in str(exc.value) and "alice" not in str(exc.value)
+    t = JetStreamStorage(engine="jetstream", path=tmp_path, jetstream={"token": "tok-zq9"})
+    assert "zq9" not in repr(t) and "zq9" not in repr(JetStreamSpool(t))
+
+
+async def test_an_unreachable_cluster_answers_503_after_the_bounded_wait(tmp_path):
+    with NatsCluster(tmp_path) as cluster:
+        s = storage(cluster.urls, "gone", tmp_path, **SMALL)
+        s.jetstream.publish_timeout = 3.0
+        spool = JetStreamSpool(s)
+        await spool.start()
+        try:
+            assert (await spool.append(req(ev("m1")))).stored == 1
+            cluster.kill_all()
+            t0 = time.monotonic()
+            with pytest.raises(SpoolUnavailable):
+                await spool.append(req(ev("m2")))
+            assert time.monotonic() - t0 < 60  # bounded (publish_timeout), not a hang
+            refusal = spool.refusal()
+            assert refusal is not None and refusal.status == 503 and refusal.code == "storage_unavailable"
+            assert spool.problems()
+            cluster.start_all()
+
+            async def back():
+                try:
+                    return (await spool.append(req(ev("m3")))).stored == 1
+                except SpoolUnavailable:
+                    return False
+
+            assert await _until(back, 90)
+            assert spool.refusal() is None
+            await spool.attach(["A"])
+        finally:
+            await spool.close()
+
+
+def _run_driver(mode: str, prefix: str, out: Path, urls: list[str], name: str = "p") -> subprocess.Popen[bytes]:
+    log = out.with_suffix(".log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "tests.spool.jetstream_driver", mode, prefix, str(out), *urls,
+                             "--name", name], cwd=ROOT, stdout=log, stderr=log,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.slow
+async def test_sigkill_a_node_then_the_leader_then_an_instance_then_the_whole_cluster_loses_nothing_acked(tmp_path):
+    prefix = "kill"
+    with NatsCluster(tmp_path) as cluster:
+        setup = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, max_bytes=512 * 1024 * 1024,
+                                       dedup_memory=8 * 1024 * 1024))
+        await setup.start()
+        await setup.attach(["A"])  # the destination exists before the load: it gets all of it
+        await setup.close()
+        outs = [tmp_path / "acked-1.txt", tmp_path / "acked-2.txt"]
+        procs = [_run_driver("append", prefix, o, cluster.urls, name=f"p{i}") for i, o in enumerate(outs)]
+
+        def acked() -> int:
+            return sum(len(o.read_text().split()) for o in outs if o.exists())
+
+        try:
+            deadline = time.monotonic() + 60
+            while acked() < 2000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert acked() >= 2000, "no load"
+            leader = cluster.leader(f"{prefix}_EVENTS")
+            victim = next(i for i in range(3) if i != leader)
+            cluster.kill(victim)                          # a follower
+            before = acked()
+            await asyncio.sleep(3)
+            cluster.start(victim)
+            cluster.wait_ready(90)
+            leader = cluster.leader(f"{prefix}_EVENTS")
+            assert leader is not None
+            cluster.kill(leader)                          # the stream leader: an election
+            mark = acked()
+            deadline = time.monotonic() + 90
+            while acked() < mark + 1000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert acked() >= mark + 1000, "publishing did not resume after the election"
+            cluster.start(leader)
+            cluster.wait_ready(90)
+            assert acked() > before
+            procs[0].send_signal(signal.SIGKILL)          # one instance dies mid-load; the other goes on
+            procs[0].wait(30)
+            mark = acked()
+            deadline = time.monotonic() + 60
+            while acked() < mark + 500 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert acked() >= mark + 500
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        acked_ids = [m for o in outs for m in o.read_text().split()]
+        assert len(acked_ids) == len(set(acked_ids))
+        print(f"acknowledged: {len(acked_ids)} events from 2 processes")
+        cluster.kill_all()                                # a whole-cluster crash, then a restart
+        cluster.start_all()
+        drained = tmp_path / "leased.txt"
+        d = _run_driver("drain", prefix, drained, cluster.urls)
+        assert d.wait(600) == 0, drained.with_suffix(".log").read_text()[-3000:]
+        leased = drained.read_text().split()
+        missing = set(acked_ids) - set(leased)
+        assert not missing, f"{len(missing)} of {len(acked_ids)} acknowledged events never leased"
+        # duplicates only of the same messageId (at-least-once): nothing leased that nobody sent
+        prefixes = {"p0", "p1"}
+        assert all(m.split("-")[0] in prefixes for m in leased)

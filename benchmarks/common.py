@@ -364,10 +364,6 @@ def tree_written(pid: int) -> int:
     return total
 
 
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def code_version() -> str:
     """The git commit measured, and whether proxy/ or destinations/ had uncommitted changes."""
     try:

@@ -15,6 +15,10 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -q -e '.[bench]'
+	touch $@
+
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
 	touch $@
@@ -34,7 +38,8 @@ check: $(VENV)/.installed
 test: install-test
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/event_store.py
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/delivery.py
 

@@ -5,6 +5,8 @@ Run as a program it starts one of those helpers (each in its own process, so it 
 core's GIL with the benchmark driver or with trackrelay):
 
     python benchmarks/common.py bare --port P           # aiohttp that reads the body, answers 200
+    python benchmarks/common.py durable --port P --dir D     # + appends it, 200 after group-commit fdatasync
+    python benchmarks/common.py validating --port P --dir D  # + msgspec checks and an enrichment patch
     python benchmarks/common.py receiver --port P       # batching webhook receiver (counts events)
     python benchmarks/common.py load ...                # closed-loop Segment load (wrk fallback, fills)
     python benchmarks/common.py paced ...               # open-loop single events at a fixed rate
@@ -23,12 +25,13 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +307,7 @@ def start_trackrelay(procs: Procs, workdir: Path, name: str, data_dir: Path,
     cfg = write_config(workdir / f"{name}.yaml", port, data_dir, destinations, server, storage)
     proc = procs.start([PYTHON, "-m", "proxy", "serve", "--config", str(cfg)], log_path=workdir / f"{name}.log",
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.config = cfg  # type: ignore[attr-defined]  # for spool_stats(proc.config)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/readyz", proc)
     return proc, url
@@ -318,23 +322,46 @@ def start_helper(procs: Procs, workdir: Path, kind: str, *args: str) -> tuple[su
     return proc, url
 
 
-def spool_counts(data_dir: Path) -> dict[str, Any]:
-    """Stored events (sum of log.count), retry and dead-letter rows, cursors — read-only."""
-    db = data_dir / "spool.db"
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def spool_stats(config: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """What the spool of the trackrelay configured by ``config`` holds, from ``trackrelay spool stats
+    --config F --json`` (the benchmarks never read spool files themselves; this is the one place that
+    asks): ``{"events": stored events, "bytes": bytes on disk, "destinations": {name: {"backlog",
+    "retries", "dead"}}}`` (further keys are kept). Run it while no server uses the spool, or after."""
+    args = [PYTHON, "-m", "proxy", "spool", "stats", "--config", str(config), "--json"]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     try:
-        conn.execute("PRAGMA busy_timeout=10000")
-        events = conn.execute("SELECT COALESCE(SUM(count), 0), COUNT(*) FROM log").fetchone()
-        retry = conn.execute("SELECT COUNT(*) FROM retry").fetchone()[0]
-        dead = conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
-        cursors = dict(conn.execute("SELECT dest, pos FROM cursors").fetchall())
-        return {"events": events[0], "rows": events[1], "retry": retry, "dead": dead, "cursors": cursors}
-    finally:
-        conn.close()
+        stats = json.loads(out.stdout) if out.returncode == 0 else None
+    except json.JSONDecodeError:
+        stats = None
+    if not isinstance(stats, dict) or not isinstance(stats.get("events"), int):
+        raise RuntimeError(f"`{' '.join(args[1:])}` did not print the spool's stats as JSON (exit {out.returncode}):\n"
+                           f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    stats.setdefault("destinations", {})
+    return stats
 
 
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def proc_io(pid: int) -> dict[str, int]:
+    """/proc/PID/io of a process (bytes), {} if it is gone or unreadable."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key.strip()] = int(value)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def tree_written(pid: int) -> int:
+    """Bytes a process and its live descendants caused to be written to storage so far: ``write_bytes`` minus
+    ``cancelled_write_bytes`` (dirty pages of files truncated or deleted before writeback), summed. The
+    kernel's journal writes for the filesystem are not included (nor are they in anyone's figure)."""
+    total = 0
+    for p in process_tree(pid):
+        io = proc_io(p)
+        total += io.get("write_bytes", 0) - io.get("cancelled_write_bytes", 0)
+    return total
 
 
 def code_version() -> str:
@@ -495,15 +522,300 @@ def serve_bare(port: int, workers: int = 1) -> None:
     web.run_app(app, sock=sock, access_log=None, print=None)
 
 
-def serve_receiver(port: int) -> None:
+# -- the durable and validating floors ----------------------------------------------------------
+#
+# Both append what they store to an append-only file of CRC-framed records and answer 200 only after
+# the fdatasync that covers the request: a group commit, as a log-structured spool does it (many
+# requests waiting at once share one fdatasync). With ``workers`` > 1 each process has its own file.
+
+FLOOR_FRAME = struct.Struct("<IBI")  # payload length, kind (0 body, 1 patch), CRC-32 of the payload
+FLOOR_BODY, FLOOR_PATCH = 0, 1
+_SEGMENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+_MAX_EVENT_BYTES = 32 * 1024  # trackrelay's limits.max_event_bytes default
+_MAX_MESSAGE_ID = 100  # trackrelay's limits.max_message_id_length default
+
+
+class GroupCommitLog:
+    """``await append(records)`` returns once the records are written and fdatasync'ed. One writer task
+    takes everything queued, writes it with one writev and one fdatasync in a thread (the GIL is free
+    meanwhile), then resolves every waiter of that commit; requests arriving during a commit form the
+    next one."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.pending: list[tuple[int, bytes]] = []
+        self.waiters: list[asyncio.Future] = []
+        self.wake = asyncio.Event()
+        self.commits = 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="group-commit")
+
+    async def append(self, records: list[tuple[int, bytes]]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.pending += records
+        self.waiters.append(fut)
+        self.wake.set()
+        await fut
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not self.waiters:
+                continue
+            records, self.pending = self.pending, []
+            waiters, self.waiters = self.waiters, []
+            try:
+                await loop.run_in_executor(self.executor, self._commit, records)
+            except Exception as exc:  # the waiters answer 503
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+                continue
+            self.commits += 1
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    def _commit(self, records: list[tuple[int, bytes]]) -> None:
+        bufs: list[bytes] = []
+        for kind, payload in records:  # zlib.crc32 releases the GIL for large buffers
+            bufs.append(FLOOR_FRAME.pack(len(payload), kind, zlib.crc32(payload)))
+            bufs.append(payload)
+        total = sum(len(b) for b in bufs)
+        done = 0
+        for i in range(0, len(bufs), 1024):  # IOV_MAX
+            done += os.writev(self.fd, bufs[i:i + 1024])
+        if done != total:  # a short write (a full disk): finish it or fail
+            rest = b"".join(bufs)[done:]
+            while rest:
+                rest = rest[os.write(self.fd, rest):]
+        os.fdatasync(self.fd)
+
+
+def floor_records(directory: Path) -> list[tuple[int, bytes]]:
+    """Every (kind, payload) of the floors' log files in ``directory``; stops at a torn or corrupt tail."""
+    out: list[tuple[int, bytes]] = []
+    for path in sorted(directory.glob("floor-*.log")):
+        data = path.read_bytes()
+        pos = 0
+        while pos + FLOOR_FRAME.size <= len(data):
+            length, kind, crc = FLOOR_FRAME.unpack_from(data, pos)
+            payload = data[pos + FLOOR_FRAME.size:pos + FLOOR_FRAME.size + length]
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            out.append((kind, payload))
+            pos += FLOOR_FRAME.size + length
+    return out
+
+
+def floor_stored(directory: Path, events_per_body: int) -> int:
+    """Events a floor stored: bodies x events per body for the durable floor (it does not parse), the
+    accepted count of each enrichment patch for the validating floor."""
+    import msgspec
+
+    records = floor_records(directory)
+    patches = [p for k, p in records if k == FLOOR_PATCH]
+    if patches:
+        return sum(msgspec.msgpack.decode(p)[1] for p in patches)
+    return sum(1 for k, _ in records if k == FLOOR_BODY) * events_per_body
+
+
+def _validator() -> Any:
+    """The validating floor's per-request work: msgspec decoding of the fields Segment's checks need
+    (the rest stays raw), the checks (tests pin the same ones in proxy/spec.py), and a compact
+    enrichment patch per request: receivedAt, and per item its index, the corrected timestamp (ms),
+    a generated messageId if it had none, or its rejection reason. Returns ``validate(body,
+    call_type) -> (status, patch or error code, accepted)``."""
+    import uuid
+    from datetime import datetime, timezone
+
+    import msgspec
+
+    ident_t = str | int | float | None
+    raw = msgspec.Raw
+    # defstruct, not class syntax: this module's annotations are strings (``from __future__``)
+    Event = msgspec.defstruct("Event", [
+        ("type", str | None, None), ("userId", ident_t, None), ("anonymousId", ident_t, None),
+        ("previousId", ident_t, None), ("groupId", ident_t, None), ("event", str | None, None),
+        ("messageId", ident_t, None), ("timestamp", str | None, None), ("sentAt", str | None, None),
+        ("writeKey", str | None, None), ("context", raw, raw()), ("properties", raw, raw()),
+        ("traits", raw, raw()), ("integrations", raw, raw()),
+    ])
+    Batch = msgspec.defstruct("Batch", [("batch", list[raw]), ("writeKey", str | None, None),
+                                        ("sentAt", str | None, None)])
+
+    event_dec = msgspec.json.Decoder(Event)
+    batch_dec = msgspec.json.Decoder(Batch)
+    patch_enc = msgspec.msgpack.Encoder()
+
+    def ident(v: Any) -> str | None:
+        if v is None or isinstance(v, bool):
+            return None
+        s = v if isinstance(v, str) else str(v)
+        return s if s.strip() else None
+
+    def ts_ms(raw: str | None) -> float | None:
+        if not raw:
+            return None
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+
+    null = raw(b"null")
+
+    def check(ev: Any, call_type: str | None, size: int, received: float, batch_sent: float | None
+              ) -> tuple[str, Any]:
+        """("ok", [timestamp ms, generated messageId or None]) or ("rejected", reason)."""
+        t = call_type or ev.type
+        if t not in _SEGMENT_TYPES:
+            return "rejected", "invalid_type"
+        for value in (ev.context, ev.properties, ev.traits, ev.integrations):  # absent, an object, or null
+            if value and memoryview(value)[0] != 123 and value != null:  # 123: "{"
+                return "rejected", "invalid_field_type"
+        uid, aid = ev.userId, ev.anonymousId  # strings almost always: ident() only for the rest
+        if type(uid) is not str or not uid.strip():
+            uid = ident(uid)
+        if type(aid) is not str or not aid.strip():
+            aid = ident(aid)
+        if t == "alias":
+            if ident(ev.previousId) is None:
+                return "rejected", "missing_previous_id"
+            if uid is None:
+                return "rejected", "missing_user_id"
+        elif uid is None and aid is None:
+            return "rejected", "missing_identity"
+        if t == "track" and not (ev.event and ev.event.strip()):
+            return "rejected", "missing_event_name"
+        if t == "group" and ident(ev.groupId) is None:
+            return "rejected", "missing_group_id"
+        mid = ev.messageId
+        if type(mid) is not str or not mid.strip():
+            mid = ident(mid)
+        if mid is not None and len(mid) > _MAX_MESSAGE_ID:
+            return "rejected", "message_id_too_long"
+        if size > _MAX_EVENT_BYTES:
+            return "rejected", "event_too_large"
+        original = ts_ms(ev.timestamp)
+        if original is None:
+            ts = received
+        else:
+            sent = ts_ms(ev.sentAt) if ev.sentAt else batch_sent
+            ts = original if sent is None else received - (sent - original)
+        return "ok", [round(ts * 1000), None if mid else f"api-{uuid.uuid4()}"]
+
+    def validate(body: bytes, call_type: str | None) -> tuple[int, Any, int]:
+        received = time.time()
+        try:
+            if call_type is not None:
+                ev = event_dec.decode(body)
+                key, items, batch_sent = ev.writeKey, None, None
+            else:
+                b = batch_dec.decode(body)
+                key, items, batch_sent = b.writeKey, b.batch, ts_ms(b.sentAt)
+        except msgspec.ValidationError:
+            return 400, "invalid_request", 0
+        except msgspec.DecodeError:
+            return 400, "invalid_json", 0
+        if key != WRITE_KEY:
+            return 401, "invalid_write_key", 0
+        results: list[Any] = []
+        accepted = 0
+        if items is None:
+            status, detail = check(ev, call_type, len(body), received, None)
+            if status != "ok":
+                return 400, detail, 0
+            results.append([0, *detail])
+            accepted = 1
+        else:
+            decode = event_dec.decode
+            for i, item in enumerate(items):
+                try:
+                    status, detail = check(decode(item), None, len(item), received, batch_sent)
+                except msgspec.ValidationError:
+                    status, detail = "rejected", "invalid_field_type"
+                if status == "ok":
+                    results.append([i, *detail])
+                    accepted += 1
+                else:
+                    results.append([i, detail])
+        if not accepted:
+            return 400, "no_valid_event", 0
+        return 200, patch_enc.encode([round(received * 1000), accepted, results]), accepted
+
+    return validate
+
+
+def serve_floor(port: int, workers: int, directory: Path, validate: bool) -> None:
+    """The durable floor (``validate`` False): aiohttp + uvloop reading the body and appending it to a log
+    file, answering 200 after the group-commit fdatasync, without parsing. The validating floor
+    (``validate`` True): the same, plus msgspec decoding of the checked fields, Segment's checks and an
+    enrichment patch stored beside the raw body. ``workers`` processes share one listening socket; each
+    writes its own file ``floor-<pid>.log``."""
+    sock = socket.create_server(("127.0.0.1", port), backlog=2048)
+    for _ in range(workers - 1):
+        if os.fork() == 0:
+            break
+    _install_uvloop()
+    from aiohttp import web
+
+    directory.mkdir(parents=True, exist_ok=True)
+    calls = {"track": "track", "identify": "identify", "page": "page", "screen": "screen", "group": "group",
+             "alias": "alias", "batch": None}
+    check = _validator() if validate else None
+    ok = web.Response  # answers are built per request (aiohttp responses are not reusable)
+    state: dict[str, Any] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        call = request.match_info["call"]
+        if call not in calls:
+            return ok(status=404, body=b'{"success":false,"code":"not_found","message":"unknown endpoint"}',
+                      content_type="application/json")
+        if check is None:
+            records = [(FLOOR_BODY, body)]
+        else:
+            status, detail, _ = check(body, calls[call])
+            if status != 200:
+                return ok(status=status, body=b'{"success":false,"code":"%s","message":"rejected"}' % detail.encode(),
+                          content_type="application/json")
+            records = [(FLOOR_BODY, body), (FLOOR_PATCH, detail)]
+        try:
+            await state["log"].append(records)
+        except OSError:
+            return ok(status=503, body=b'{"success":false,"code":"storage_unavailable","message":"retry later"}',
+                      content_type="application/json")
+        return ok(body=b'{"success":true}', content_type="application/json")
+
+    async def start(app: web.Application) -> None:
+        state["log"] = GroupCommitLog(directory / f"floor-{os.getpid()}.log")
+        state["task"] = asyncio.get_running_loop().create_task(state["log"].run())
+
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app.on_startup.append(start)
+    _ready_route(app)
+    app.router.add_post("/v1/{call}", handle)
+    web.run_app(app, sock=sock, access_log=None, print=None)
+
+
+def serve_receiver(port: int, keep_bodies: bool = False) -> None:
     """A fast batching webhook receiver: parses each body (a JSON array, or one object), counts events
     and distinct messageIds, and records the arrival time of each messageId (time.time() when the
-    body was read). GET /stats, GET /arrivals, POST /reset."""
+    body was read). GET /stats, GET /arrivals, POST /reset. With ``keep_bodies`` it also keeps every
+    body it received, in memory, until ``POST /dump?path=FILE`` writes them there (one per line) and
+    stops keeping: what trackrelay delivered, to post again as a baseline."""
     _install_uvloop()
     import orjson
     from aiohttp import web
 
     state: dict[str, Any] = {}
+    kept: list[bytes] | None = [] if keep_bodies else None
 
     def reset() -> None:
         state.update(events=0, requests=0, first=None, last=None, arrivals={})
@@ -513,6 +825,8 @@ def serve_receiver(port: int) -> None:
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
         now = time.time()
+        if kept is not None:
+            kept.append(body)
         data = orjson.loads(body)
         events = data if isinstance(data, list) else [data]
         arrivals = state["arrivals"]
@@ -538,12 +852,20 @@ def serve_receiver(port: int) -> None:
         reset()
         return web.Response(text="ok")
 
+    async def dump(request: web.Request) -> web.Response:
+        nonlocal kept
+        with open(request.query["path"], "wb") as f:
+            f.write(b"\n".join(kept or []) + b"\n")
+        n, kept = len(kept or []), None
+        return web.Response(text=str(n))
+
     app = web.Application(client_max_size=50 * 1024 * 1024)
     _ready_route(app)
     app.router.add_route("*", "/hook", hook)
     app.router.add_get("/stats", stats)
     app.router.add_get("/arrivals", arrivals)
     app.router.add_post("/reset", do_reset)
+    app.router.add_post("/dump", dump)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -697,11 +1019,15 @@ async def _post_bodies(url: str, bodies_file: Path, concurrency: int, out: Path)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("bare", "receiver"):
+    for name in ("bare", "durable", "validating", "receiver"):
         p = sub.add_parser(name)
         p.add_argument("--port", type=int, required=True)
-        if name == "bare":
+        if name != "receiver":
             p.add_argument("--workers", type=int, default=1)
+        if name in ("durable", "validating"):
+            p.add_argument("--dir", type=Path, required=True, help="where the log files go")
+        if name == "receiver":
+            p.add_argument("--keep-bodies", action="store_true")
     p = sub.add_parser("load")
     p.add_argument("--url", required=True)
     p.add_argument("--per", type=int, default=1)
@@ -727,8 +1053,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.cmd == "bare":
         serve_bare(args.port, args.workers)
+    elif args.cmd in ("durable", "validating"):
+        serve_floor(args.port, args.workers, args.dir, args.cmd == "validating")
     elif args.cmd == "receiver":
-        serve_receiver(args.port)
+        serve_receiver(args.port, args.keep_bodies)
     else:
         _install_uvloop()
         if args.cmd == "load":

@@ -114,4 +114,4 @@ podman images
 
 step "pytest -m image tests/image"
 export TRACKRELAY_IMAGE="$IMAGE" TRACKRELAY_APP_IMAGE="$APP_IMAGE"
-exec "$PY" -m pytest -q -ra -m image -p no:cacheprovider tests/image "$@"
+exec "$PY" -m pytest -q -s -ra -m image -p no:cacheprovider tests/image "$@"

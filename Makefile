@@ -45,4 +45,4 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
-	rm -rf --one-file-system .cache/image
+	rm -rf --one-file-system .cache/image .cache/image.lock

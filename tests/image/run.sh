@@ -52,6 +52,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     || skip "apt-get could not install ${missing[*]}"
 fi
 
+# one run at a time on this state (a second one would debootstrap into the same directory)
+mkdir -p "$WORK"
+exec 9>"$WORK.lock"
+flock -n 9 || { echo "test-image: another run holds $WORK.lock; waiting" >&2; flock 9; }
+
 # Container state of our own: vfs storage (no overlay in this VM), runc with cgroupfs (crun fails
 # here), file event log (no journald), explicit ulimits.
 mkdir -p "$WORK/conf" "$WORK/storage" "$WORK/run" "$WORK/tmp" "$WORK/networks"
@@ -84,10 +89,10 @@ if ! podman image exists "$BASE_IMAGE"; then
   mirror=${mirror:-http://deb.debian.org/debian}
   step "debootstrap bookworm from $mirror"
   clean_rootfs
-  if ! out=$(debootstrap --variant=minbase --include=python3-minimal,python3,ca-certificates \
-                bookworm "$WORK/rootfs" "$mirror" 2>&1); then
-    skip "debootstrap could not build the base image" "$out"
-  fi
+  # a failure here fails the target: podman may well work, the base image did not build
+  debootstrap --variant=minbase --include=python3-minimal,python3,ca-certificates \
+    bookworm "$WORK/rootfs" "$mirror" > "$WORK/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$WORK/debootstrap.log" >&2; echo "test-image: debootstrap failed" >&2; exit 1; }
   rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
   tar -C "$WORK/rootfs" --numeric-owner -c . \
     | podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null

@@ -1,4 +1,4 @@
-"""Command line: ``trackrelay serve | check | dead-letters list|show|replay``."""
+"""Command line: ``trackrelay serve | check | dead-letters list|show|replay | plan infer``."""
 
 from __future__ import annotations
 
@@ -289,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", required=True)
     show.add_argument("id", type=int)
     show.set_defaults(func=cmd_dead_show)
+
+    from proxy.governance.cli import add_subcommands as add_plan_commands
+
+    add_plan_commands(sub)
     return parser
 
 

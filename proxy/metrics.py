@@ -39,6 +39,10 @@ class Metrics:
         self.retry_queue = Gauge("trackrelay_destination_retry_events", "Events waiting for a durable retry.", ["destination"],
                                  registry=r, multiprocess_mode="mostrecent")
         self.spool_bytes = Gauge("trackrelay_spool_bytes", "Spool size on disk.", registry=r, multiprocess_mode="mostrecent")
+        self.transform_slow = Counter("trackrelay_transform_slow", "Transform calls slower than the destination's transform_budget.",
+                                      ["destination"], registry=r)
+        self.plan_violations = Counter("trackrelay_plan_violations", "Events that broke their source's tracking plan, by the action taken.",
+                                       ["source", "action"], registry=r)
 
     def exposition(self) -> bytes:
         if not MULTIPROCESS:

@@ -303,7 +303,7 @@ class _Parser:
             if sep.kind == "]":
                 break
             if sep.kind != ",":
-                raise self.error(f"expected ',' or ']' in the list opened at column {start.pos + 1}", sep)
+                raise self.error(f"expected ',' or ']' in the list that opens at column {start.pos + 1}", sep)
         return ("list", start.pos, tuple(items))
 
 

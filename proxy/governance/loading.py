@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from proxy.governance.models import TRANSFORM_SPEC, TrackingPlanConfig
 from proxy.governance.plans import PlanError, SourcePlan, TrackingPlan, read_plan_file
@@ -33,12 +34,14 @@ def load_governance(data: dict[str, Any], config: Any, base_dir: Path) -> list[G
         if not isinstance(src, dict) or not isinstance(src.get("tracking_plan"), dict):
             continue
         loc = ("sources", i, "tracking_plan")
+        raw = src["tracking_plan"]
         try:
-            cfg = TrackingPlanConfig.model_validate(src["tracking_plan"])
-        except Exception:
-            continue  # the Config model reports the shape
-        if cfg.file is not None:
-            path = cfg.file if cfg.file.is_absolute() else base_dir / cfg.file
+            cfg: TrackingPlanConfig | None = TrackingPlanConfig.model_validate(raw)
+        except ValidationError:
+            cfg = None  # the Config model reports it; still check the plan itself
+        file = raw.get("file")
+        if isinstance(file, str) and file:
+            path = Path(file) if Path(file).is_absolute() else base_dir / file
             try:
                 plan_data, lines = read_plan_file(path)
             except OSError as exc:
@@ -61,7 +64,7 @@ def load_governance(data: dict[str, Any], config: Any, base_dir: Path) -> list[G
             except PlanError as exc:
                 problems.append(GovernanceProblem(loc + exc.loc, exc.message))
                 continue
-        if config is not None:
+        if config is not None and cfg is not None:
             target = config.sources[i]
             target._plan = SourcePlan(target.name, plan, cfg.unplanned_events, cfg.on_violation)
 

@@ -28,7 +28,7 @@ def _condition(text: str) -> str:
         compile_expression(text)
     except ExpressionError as exc:
         raise PydanticCustomError(
-            "expression", "{message} at column {column} of the expression: {text}",
+            "expression", "{message} (column {column} in: {text})",
             {"message": exc.message, "column": exc.column, "text": text},
         ) from None
     return text
@@ -79,8 +79,8 @@ class FilterStep(_Model):
                                       {"kinds": ", ".join(STEP_KINDS)})
         unknown = [k for k in data if k not in STEP_KINDS]
         if unknown:
-            raise PydanticCustomError("filter_step", "unknown filter {name!r}; one of: {kinds}",
-                                      {"name": str(unknown[0]), "kinds": ", ".join(STEP_KINDS)})
+            raise PydanticCustomError("filter_step", "unknown filter {name}; one of: {kinds}",
+                                      {"name": repr(str(unknown[0])), "kinds": ", ".join(STEP_KINDS)})
         if len(data) != 1:
             raise PydanticCustomError(
                 "filter_step", "a filter step has exactly one key, found {found}; write each as its own list item",
@@ -116,6 +116,6 @@ class TrackingPlanConfig(_Model):
 
 def check_transform_spec(v: str | None) -> str | None:
     if v is not None and not TRANSFORM_SPEC.match(v):
-        raise ValueError(f"{v!r} is not 'package.module:function'")
+        raise PydanticCustomError("transform_spec", "{spec} is not 'package.module:function'", {"spec": repr(v)})
     return v
 

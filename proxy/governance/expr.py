@@ -1,14 +1,16 @@
-"""Condition expressions for destination filters: a small language of our own, parsed once and
+r"""Condition expressions for destination filters: a small language of our own, parsed once and
 compiled to closures (never Python ``eval``).
 
     event == "Debug" or context.library.name startswith "test-"
     type in ["track", "identify"] and not properties.internal
     properties.revenue >= 100 and properties.currency != "EUR"
-    context.page.url matches "^https://(www\\.)?example\\.com/checkout"
+    context.page.url matches "^https://(www\.)?example\.com/checkout"
 
 Operands are field paths (``context.library.name``; a key that is no identifier goes in
 backticks: ``properties.`order id```), and literals: strings in single or double quotes, numbers,
-``true``, ``false``, ``null`` and lists of literals. A missing field reads as ``null``.
+``true``, ``false``, ``null`` and lists of literals. Strings know the escapes \\ \' \" \n \t
+\r \/ \uXXXX; any other backslash is kept as written (so ``"^\d+\.\d+$"`` is the regular
+expression it looks like). A missing field reads as ``null``.
 Comparisons never raise on odd data: a comparison whose operands have the wrong types is false
 (``properties.revenue > 10`` when revenue is a string), ``1 == true`` is false (booleans are not
 numbers), and ``!=`` is the negation of ``==``.
@@ -90,9 +92,8 @@ def _scan_string(text: str, i: int) -> tuple[str, int]:
                 out.append(chr(int(digits, 16)))
                 j += 6
                 continue
-            if e not in _ESCAPES:
-                raise ExpressionError(f"unknown escape \\{e} in a string (write \\\\ for a backslash)", j, text)
-            out.append(_ESCAPES[e])
+            # any other backslash stays as written, so regular expressions read naturally: "\d+\."
+            out.append(_ESCAPES.get(e, "\\" + e))
             j += 2
             continue
         out.append(c)
@@ -325,9 +326,8 @@ def _describe(tok: _Tok) -> str:
 def path_getter(segments: tuple[str, ...]) -> Getter:
     """A getter for a dotted path through objects; a numeric segment also indexes a list."""
     if all(not s.isdigit() for s in segments):
-        if len(segments) == 1:
-            (a,) = segments
-            return lambda e: e.get(a)
+        if len(segments) == 1:  # a top-level field: C-level e.get(name), no Python frame
+            return operator.methodcaller("get", segments[0])
         if len(segments) == 2:
             a, b = segments
 

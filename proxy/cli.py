@@ -136,9 +136,12 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from proxy.governance.cli import check_summary
+
     print(f"{args.config}: OK — {len(config.sources)} source(s), "
           f"{sum(1 for d in config.destinations if d.enabled)} enabled destination(s)"
-          + "".join(f"\n  {d.name} ({d.type}){'' if d.enabled else ' [disabled]'}" for d in config.destinations))
+          + "".join(f"\n  {d.name} ({d.type}){'' if d.enabled else ' [disabled]'}" for d in config.destinations)
+          + check_summary(config))
     return 0
 
 

@@ -41,6 +41,26 @@ def cmd_plan_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_summary(config) -> str:
+    """Extra lines for `trackrelay check`: what governance each source and destination has."""
+    lines = []
+    for s in config.sources:
+        if s.tracking_plan is not None and s._plan is not None:
+            p = s._plan
+            lines.append(f"  source {s.name}: tracking plan with {len(p.plan.events)} event(s)"
+                         f"{', identify' if p.plan.identify else ''}{', group' if p.plan.group else ''}; "
+                         f"unplanned events: {p.unplanned_events}, violations: {p.on_violation}")
+    for d in config.destinations:
+        parts = []
+        if d.filter_steps:
+            parts.append(f"{len(d.filter_steps)} filter step(s): {', '.join(step.kind for step in d.filter_steps)}")
+        if d.transform:
+            parts.append(f"transform {d.transform} (imported)")
+        if parts:
+            lines.append(f"  destination {d.name}: " + "; ".join(parts))
+    return "".join(f"\n{line}" for line in lines)
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="tracking plans")
     psub = plan.add_subparsers(dest="action", required=True)

@@ -10,6 +10,7 @@ minute per destination); an exception dead-letters the event with the traceback.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 import time
@@ -83,7 +84,10 @@ class Transform:
         self._last_slow_log = 0.0
 
     def run(self, event: dict) -> TransformResult:
-        private = orjson.loads(orjson.dumps(event))
+        try:
+            private = orjson.loads(orjson.dumps(event))
+        except (TypeError, orjson.JSONDecodeError):  # not plain JSON (cannot come from ingest, but be safe)
+            private = copy.deepcopy(event)
         started = time.perf_counter()
         try:
             out = self.fn(private)

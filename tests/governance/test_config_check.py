@@ -118,6 +118,8 @@ def test_valid_config_loads_compiled_parts(tmp_path):
         """)
     out = check(path)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+    assert "destination a: 2 filter step(s): drop, types; transform my_tx:tx (imported)" in out.stdout
+    assert "source web: tracking plan with 1 event(s); unplanned events: block, violations: flag" in out.stdout
     cfg = load_config(path)
     a = cfg.destinations[0]
     assert a.transform_budget == 0.002 and a._transform is not None and a.route_filters.types is None

@@ -203,6 +203,10 @@ class FilterConfig(_Model):
 class SourceConfig(_Model):
     name: str = Field(min_length=1, description="Source name (kept on stored events instead of the write key).")
     write_keys: list[str] = Field(min_length=1, repr=False, description="Write keys that authenticate this source.")
+    tracking_plan: TrackingPlanConfig | None = Field(
+        None, description="Tracking plan checked at ingest (see proxy/governance/plans.py).")
+
+    _plan: Any = PrivateAttr(None)  # the compiled plan, set by load_config
 
     @field_validator("write_keys")
     @classmethod
@@ -211,11 +215,6 @@ class SourceConfig(_Model):
             if not key or not key.strip():
                 raise ValueError("a write key is empty (is its ${VAR} unset?)")
         return v
-
-    tracking_plan: TrackingPlanConfig | None = Field(
-        None, description="Tracking plan checked at ingest (see proxy/governance/plans.py).")
-
-    _plan: Any = PrivateAttr(None)  # the compiled plan, set by load_config
 
 
 def _filters_form(value: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.governance.expr import compile_expression, parse_path, path_getter
@@ -29,7 +28,6 @@ BUCKETS = 10_000
 SAMPLE_CACHE = 65_536
 
 
-@dataclass(slots=True)
 class Applied:
     """The result for one event.
 
@@ -40,19 +38,28 @@ class Applied:
     - ``"dead"``: the transform raised or returned something unusable; dead-letter the event with
       ``error`` (the traceback) as the reason, no retry.
 
-    ``dropped_fields`` lists the removed field paths (for the console trace and event tester).
+    ``dropped_fields`` is the tuple of removed field paths (for the console trace and event tester).
+    A plain slotted class rather than a dataclass: it is built once per event and destination.
     """
 
-    events: list[dict]
-    skip: str | None = None
-    error: str | None = None
-    dropped_fields: list[str] = field(default_factory=list)
+    __slots__ = ("events", "skip", "error", "dropped_fields")
+
+    def __init__(self, events: list[dict], skip: str | None = None, error: str | None = None,
+                 dropped_fields: tuple[str, ...] = ()) -> None:
+        self.events = events
+        self.skip = skip
+        self.error = error
+        self.dropped_fields = dropped_fields
 
     @property
     def outcome(self) -> Literal["deliver", "skip", "dead"]:
         if self.error is not None:
             return "dead"
         return "skip" if self.skip is not None else "deliver"
+
+    def __repr__(self) -> str:
+        return (f"Applied(outcome={self.outcome!r}, events={len(self.events)}, skip={self.skip!r}, "
+                f"dropped_fields={self.dropped_fields!r}{', error=...' if self.error else ''})")
 
 
 # A check returns True to let the event through; an edit returns the (possibly copied) event.
@@ -196,14 +203,15 @@ class DestinationPipeline:
         for reason, check, edit, drop in self._steps:
             if check is not None:
                 if (not check(event)) if not drop else check(event):
-                    return Applied([], reason, None, dropped)
+                    return Applied([], reason, None, tuple(dropped))
             else:
                 event = edit(event, dropped)
+        fields = tuple(dropped) if dropped else ()
         if self.transform is None:
-            return Applied([event], None, None, dropped)
+            return Applied([event], None, None, fields)
         result = self.transform.run(event)
         if result.error is not None:
-            return Applied([], None, result.error, dropped)
+            return Applied([], None, result.error, fields)
         if not result.events:
-            return Applied([], SKIP_TRANSFORM, None, dropped)
-        return Applied(result.events, None, None, dropped)
+            return Applied([], SKIP_TRANSFORM, None, fields)
+        return Applied(result.events, None, None, fields)

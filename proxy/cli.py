@@ -1,4 +1,4 @@
-"""Command line: ``trackrelay serve | check | dead-letters list|show|replay | spool stats|events|migrate|forget``.
+"""Command line: ``trackrelay serve | check | dead-letters list|show|replay | spool stats|events|migrate|forget | plan infer``.
 
 Every command that reads or changes stored data goes through the spool port (proxy/spool/), and is
 safe while a server runs on the same spool."""
@@ -154,9 +154,12 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from proxy.governance.cli import check_summary
+
     print(f"{args.config}: OK — {len(config.sources)} source(s), "
           f"{sum(1 for d in config.destinations if d.enabled)} enabled destination(s)"
-          + "".join(f"\n  {d.name} ({d.type}){'' if d.enabled else ' [disabled]'}" for d in config.destinations))
+          + "".join(f"\n  {d.name} ({d.type}){'' if d.enabled else ' [disabled]'}" for d in config.destinations)
+          + check_summary(config))
     stale = _run(config, _orphans, config, missing_ok=True)
     for name in stale or ():
         print(f"  note: the spool keeps delivery state for {name!r}, which is not in this config; "
@@ -380,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination")
     p.add_argument("--force", action="store_true", help="even if the destination is in the config")
     p.set_defaults(func=cmd_spool_forget)
+    from proxy.governance.cli import add_subcommands as add_plan_commands
+
+    add_plan_commands(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -32,6 +32,7 @@ from pydantic import (
 
 from destinations import registry
 from destinations.base import Adapter, DestinationSettings
+from proxy.governance.models import FilterStep, TrackingPlanConfig, check_transform_spec
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -408,7 +409,7 @@ class EffectiveDelivery:
 
 
 class FilterConfig(_Model):
-    """Drop events before they are queued for a destination."""
+    """The mapping form of ``filters`` (shorthands), evaluated at ingest by proxy/routing.py."""
 
     types: list[Literal["track", "identify", "page", "screen", "group", "alias"]] | None = Field(
         None, description="Only these call types reach the destination."
@@ -420,6 +421,10 @@ class FilterConfig(_Model):
 class SourceConfig(_Model):
     name: str = Field(min_length=1, description="Source name (kept on stored events instead of the write key).")
     write_keys: list[str] = Field(min_length=1, repr=False, description="Write keys that authenticate this source.")
+    tracking_plan: TrackingPlanConfig | None = Field(
+        None, description="Tracking plan checked at ingest (see proxy/governance/plans.py).")
+
+    _plan: Any = PrivateAttr(None)  # the compiled plan, set by load_config
 
     @field_validator("write_keys")
     @classmethod
@@ -430,6 +435,19 @@ class SourceConfig(_Model):
         return v
 
 
+def _filters_form(value: Any) -> str:
+    return "steps" if isinstance(value, list) else "shorthands"
+
+
+# `filters` is either the mapping of shorthands (evaluated at ingest) or a list of steps
+# (evaluated in order by the delivery worker, proxy/governance/filters.py). The tags show in
+# pydantic's error locations; load_config removes them.
+Filters = Annotated[
+    Union[Annotated[FilterConfig, Tag("shorthands")], Annotated[list[FilterStep], Tag("steps")]],
+    Discriminator(_filters_form),
+]
+_FILTER_TAGS = ("shorthands", "steps")
+
 
 class DestinationConfig(_Model):
     name: str = Field(min_length=1, description="Unique destination name.")
@@ -439,9 +457,34 @@ class DestinationConfig(_Model):
     # repr=False: the raw dict holds secrets; the parsed settings mask them (SecretStr)
     settings: dict[str, Any] = Field(default_factory=dict, repr=False, description="The adapter's settings.")
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Per-destination overrides.")
-    filters: FilterConfig = Field(default_factory=FilterConfig, description="Which events it gets.")
+    filters: Filters = Field(default_factory=FilterConfig, description="Which events it gets.")
+    transform: str | None = Field(
+        None, description="'package.module:function' called on each event before the adapter (runs in-process).")
+    transform_budget: float = Field(
+        0.005, gt=0, description="A transform call slower than this is counted and logged.")
 
     _parsed: DestinationSettings | None = PrivateAttr(None)
+    _transform: Any = PrivateAttr(None)  # the imported callable, set by load_config
+
+    @field_validator("transform")
+    @classmethod
+    def _transform_spec(cls, v: str | None) -> str | None:
+        return check_transform_spec(v)
+
+    @field_validator("transform_budget", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @property
+    def route_filters(self) -> FilterConfig:
+        """The shorthands routing applies at ingest: the mapping form, or none for the list form."""
+        return self.filters if isinstance(self.filters, FilterConfig) else _NO_FILTERS
+
+    @property
+    def filter_steps(self) -> list[FilterStep]:
+        """The list form, applied per destination by the delivery worker ([] for the mapping form)."""
+        return self.filters if isinstance(self.filters, list) else []
 
     @field_validator("type")
     @classmethod
@@ -476,6 +519,9 @@ class DestinationConfig(_Model):
         if merged["max_requests_per_second"] is None:
             merged["max_requests_per_second"] = adapter.max_requests_per_second
         return EffectiveDelivery(**merged)
+
+
+_NO_FILTERS = FilterConfig()
 
 
 class LoggingConfig(_Model):
@@ -650,6 +696,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     def add(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> None:
         for err in exc.errors():
             loc = prefix + tuple(err["loc"])
+            if len(loc) > 3 and loc[0] == "destinations" and loc[2] == "filters" and loc[3] in _FILTER_TAGS:
+                loc = loc[:3] + loc[4:]
             problems.append(ConfigProblem(file, _line_for(lines, loc), ".".join(str(x) for x in loc), err["msg"]))
 
     config = None
@@ -670,6 +718,13 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
             registry.get(dest["type"]).validate_settings(settings)
         except ValidationError as exc:
             add(exc, ("destinations", i, "settings"))
+    from proxy.governance.loading import load_governance
+
+    for gp in load_governance(data, config, Path(path).resolve().parent):
+        if gp.file is None:
+            problems.append(ConfigProblem(file, _line_for(lines, gp.loc), ".".join(str(x) for x in gp.loc), gp.message))
+        else:
+            problems.append(ConfigProblem(gp.file, gp.line, ".".join(str(x) for x in gp.loc), gp.message))
     if problems or config is None:
         raise ConfigError(problems)
     return config

@@ -55,6 +55,10 @@ class Metrics:
             ["phase"], registry=r)
         self.client_disconnects = Counter(
             "trackrelay_client_disconnects", "Requests whose client went away before the answer.", registry=r)
+        self.transform_slow = Counter("trackrelay_transform_slow", "Transform calls slower than the destination's transform_budget.",
+                                      ["destination"], registry=r)
+        self.plan_violations = Counter("trackrelay_plan_violations", "Events that broke their source's tracking plan, by the action taken.",
+                                       ["source", "action"], registry=r)
 
     def exposition(self) -> bytes:
         if not MULTIPROCESS:

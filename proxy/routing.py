@@ -40,9 +40,9 @@ class Router:
                 name=d.name,
                 keys=(d.name, *d.adapter.integration_names),
                 sources=frozenset(d.sources) if d.sources is not None else None,
-                types=frozenset(d.filters.types) if d.filters.types is not None else None,
-                events=frozenset(d.filters.events) if d.filters.events is not None else None,
-                exclude_events=frozenset(d.filters.exclude_events),
+                types=frozenset(d.route_filters.types) if d.route_filters.types is not None else None,
+                events=frozenset(d.route_filters.events) if d.route_filters.events is not None else None,
+                exclude_events=frozenset(d.route_filters.exclude_events),
                 honours_all=d.adapter.honours_all,
             )
             for d in destinations

@@ -161,8 +161,8 @@ class ServerConfig(_Model):
                     "retrying (a 401 is retried forever by analytics-swift's default mode), and the client "
                     "logs the error; 'accept_and_drop' answers 200 {\"success\": true} and drops the events, "
                     "as Segment's own API does, so nothing shows on the client. Both are counted in "
-                    "trackrelay_requests_rejected_total{code=\"invalid_write_key\"} / the dropped-events "
-                    "counter with reason unknown_write_key.",
+                    "trackrelay_events_refused_total / trackrelay_events_dropped_total with "
+                    "reason unknown_write_key.",
     )
 
     @field_validator("trusted_proxies")

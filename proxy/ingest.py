@@ -32,6 +32,7 @@ from aiohttp import web
 from proxy import spec
 from proxy.config import Config
 from proxy.metrics import METRICS
+from proxy.observe import TAPS
 from proxy.routing import Router
 from proxy.spool import Append, Item, Route, Spool, SpoolFull, SpoolUnavailable, dedup_hash
 
@@ -90,6 +91,10 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+class Accepted(Exception):
+    """Answer 200 {"success": true} without storing anything (the events are counted as dropped)."""
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -141,6 +146,7 @@ class Ingest:
         }
         self.trusted = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
         self._routes: dict[tuple[Any, ...], Route] = {}
+        self._last_items: list[bytes] = []  # the last prepared request's items as sent (for TAPS.stored)
         # labelled counters resolved once: .labels() on every request is measurable
         self._received = {s.name: METRICS.events_received.labels(s.name) for s in config.sources}
         self._stored = {s.name: METRICS.events_stored.labels(s.name) for s in config.sources}
@@ -277,14 +283,20 @@ class Ingest:
         call_type = spec.PATHS[segment]
         try:
             return await self._handle(request, segment, call_type)
+        except Accepted:
+            return web.Response(body=_SUCCESS_BODY, content_type="application/json")
         except BadRequest as exc:
             METRICS.requests_rejected.labels(exc.code).inc()
             log.info("request_rejected", code=exc.code, reason=exc.message, path=request.path)
+            if TAPS.refused:
+                TAPS.emit(TAPS.refused, exc.status, exc.code, exc.message, None)
             return error(exc.status, exc.code, exc.message, exc.headers)
 
     async def _handle(self, request: web.Request, segment: str, call_type: str | None) -> web.Response:
         data = await self.read_body(request)
         prepared = self.prepare(request, data, segment, call_type)
+        # only the console's live view needs every item as sent (rejected ones too)
+        raw_items = self._last_items if TAPS.stored else ()
         del data
         try:
             result = await self.spool.append(prepared)
@@ -295,6 +307,8 @@ class Ingest:
             log.error("spool_append_failed", error=repr(exc))
             raise BadRequest(503, "storage_unavailable", "could not store the events; retry later",
                              {"Retry-After": "5"}) from None
+        if TAPS.stored:
+            TAPS.emit(TAPS.stored, prepared, result, raw_items)
         self._stored[prepared.source].inc(result.stored)
         if result.duplicates:
             METRICS.duplicates.labels(prepared.source).inc(result.duplicates)
@@ -347,7 +361,13 @@ class Ingest:
 
         known = self.keys.get(key)
         if known is None:
-            raise BadRequest(401, "invalid_write_key", "unknown write key")
+            if self.config.server.unknown_write_key == "accept_and_drop":  # as Segment's own API does
+                METRICS.events_dropped.labels("unknown_write_key").inc(len(items_raw))
+                log.info("events_dropped", reason="unknown_write_key", events=len(items_raw), path=request.path)
+                raise Accepted()
+            # 400: the one status every Segment SDK drops without retrying (analytics-swift retries a 401 forever)
+            METRICS.events_refused.labels("unknown_write_key").inc(len(items_raw))
+            raise BadRequest(400, "invalid_write_key", "unknown write key")
         source, key_index = known
         refusal = self.spool.refusal()
         if refusal is not None:
@@ -398,6 +418,7 @@ class Ingest:
                 routes, route_cache, source, fields, batch_integrations), index, generated))
 
         self._received[source].inc(len(items) + len(rejected))
+        self._last_items = items_raw
         if not items:
             if not rejected:
                 raise BadRequest(400, "empty_batch", "batch has no events")

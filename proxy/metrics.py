@@ -24,6 +24,13 @@ class Metrics:
         self.events_stored = Counter("trackrelay_events_stored", "Events committed to the spool.", ["source"], registry=r)
         self.events_rejected = Counter("trackrelay_events_rejected", "Events refused at ingest.", ["source", "reason"], registry=r)
         self.requests_rejected = Counter("trackrelay_requests_rejected", "Requests answered with an error.", ["code"], registry=r)
+        self.events_refused = Counter("trackrelay_events_refused", "Events in requests refused as a whole (answered 4xx), by reason.",
+                                      ["reason"], registry=r)
+        self.events_dropped = Counter("trackrelay_events_dropped", "Events answered 200 but not stored on purpose, by reason "
+                                      "(server.unknown_write_key: accept_and_drop).", ["reason"], registry=r)
+        self.events_modified = Counter("trackrelay_events_modified", "Events a destination's adapter changed to fit the API's "
+                                       "documented limits (e.g. GA4 items cut at 200), by destination.", ["destination"],
+                                       registry=r)
         self.duplicates = Counter("trackrelay_events_duplicate", "Events dropped as duplicates (source, messageId).", ["source"], registry=r)
         self.skipped = Counter("trackrelay_events_skipped", "Events a destination did not get.", ["destination", "reason"], registry=r)
         self.delivered = Counter("trackrelay_events_delivered", "Events delivered.", ["destination"], registry=r)

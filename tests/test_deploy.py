@@ -21,14 +21,13 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
-from proxy.config import StorageConfig, load_config, parse_duration, parse_size
+from proxy.config import load_config, parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEPLOY = ROOT / "deploy"
 K8S_FILES = sorted((DEPLOY / "kubernetes").rglob("*.yaml"))
 K8S_VERSIONS = ["1.27.0", kv.latest_version()]  # policy/v1 PDBs and the fields used exist since 1.27
-JETSTREAM_CONFIG_KNOWN = "engine" in StorageConfig.model_fields
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -209,8 +208,6 @@ def test_cluster_trackrelay_replicas_and_budget() -> None:
     assert relay["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-@pytest.mark.skipif(not JETSTREAM_CONFIG_KNOWN,
-                    reason="storage.engine/jetstream is not in this build's config model yet (the JetStream issue)")
 def test_cluster_trackrelay_config_loads(tmp_path: Path) -> None:
     path = DEPLOY / "kubernetes" / "cluster" / "trackrelay.yaml"
     config = load_config(configmap_config(path, tmp_path), env=secret_env(path))

@@ -105,13 +105,18 @@ def test_write_key_in_body_header_or_both(tr):
         assert "writeKey" not in stored[mid]
 
 
-def test_missing_key_is_400_and_unknown_key_401(tr):
+def test_missing_key_and_unknown_key_are_400(tr):
     status, payload, headers = tr.post("/v1/track", {"event": "E", "userId": "u"})
     assert status == 400
     assert payload == {"success": False, "code": "invalid_request", "message": "An invalid write key was provided"}
+    # unknown key: 400, the one status every Segment SDK drops without retrying (README, unknown_write_key)
     status, payload, _ = tr.post("/v1/track", {"writeKey": "nope", "event": "E", "userId": "u"})
-    assert status == 401 and payload["success"] is False and payload["code"] == "invalid_write_key"
+    assert status == 400 and payload["success"] is False and payload["code"] == "invalid_write_key"
     assert "nope" not in payload["message"]
+    status, _, _ = tr.post("/v1/batch", {"writeKey": "nope", "batch": [{"type": "track", "event": "E", "userId": "u"}] * 3})
+    assert status == 400
+    metrics = tr.get("/metrics")[1].decode()
+    assert 'trackrelay_events_refused_total{reason="unknown_write_key"} 4.0' in metrics
 
 
 @pytest.mark.parametrize("header", ["Basic !!!notbase64", "Basic " + base64.b64encode(b"\xff\xfe").decode()])
@@ -443,3 +448,16 @@ def test_spool_full_answers_429_with_retry_after(tmp_path):
         assert statuses[-1] == 429, statuses
         stored = t2.spool_events()
         assert len(stored) == 10 * statuses.count(200)
+
+
+def test_unknown_write_key_accept_and_drop_answers_200_and_stores_nothing(tmp_path):
+    with TrackRelay(tmp_path, server={"unknown_write_key": "accept_and_drop"}) as t2:
+        status, payload, _ = t2.post("/v1/batch", {"writeKey": "stranger", "batch": [
+            {"type": "track", "event": "E", "userId": "u", "messageId": f"drop-{i}"} for i in range(3)]})
+        assert (status, payload) == (200, {"success": True})
+        assert t2.post("/v1/t", {"writeKey": WRITE_KEY, "userId": "u", "event": "E", "messageId": "kept"})[0] == 200
+        assert [e["messageId"] for e in t2.spool_events()] == ["kept"]
+        metrics = t2.get("/metrics")[1].decode()
+        assert 'trackrelay_events_dropped_total{reason="unknown_write_key"} 3.0' in metrics
+        # a missing key is still a client error, whatever the policy
+        assert t2.post("/v1/track", {"event": "E", "userId": "u"})[0] == 400

@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -46,6 +47,7 @@ from destinations.base import (
 )
 from proxy.config import Config, DestinationConfig, EffectiveDelivery
 from proxy.metrics import METRICS
+from proxy.observe import TAPS
 from proxy.spool import Disposition, Settlement, Spool, Work
 
 log = structlog.get_logger("trackrelay.delivery")
@@ -195,13 +197,17 @@ class DestinationWorker:
             results[skip.index] = Result(None, skip.reason)
         for reject in built.rejects:
             results[reject.index] = Result(Verdict.PERMANENT, f"rejected before sending: {reject.reason}")
+        for note in built.notes:  # sent, but changed to fit the API's limits: never silently
+            METRICS.events_modified.labels(self.name).inc()
+            self.log.info("event_modified", message_id=_message_id(messages[note.index]), reason=note.reason[:300])
         for req in built.requests:
             key = request_key(req)
             if done and req.messages and all(key in done[i] for i in req.messages):
                 for i in req.messages:
                     results[i].done |= {key}
                 continue
-            outcome, tries = await self.send_request(req)
+            mids = [_message_id(messages[i]) for i in req.messages] if TAPS.attempted else ()
+            outcome, tries = await self.send_request(req, mids)
             for i in req.messages:
                 current = results[i]
                 if current.verdict is None:
@@ -215,7 +221,7 @@ class DestinationWorker:
                                         outcome.retry_after, tries.count, current.done)
         return results
 
-    async def send_request(self, req: Request) -> tuple[Outcome, _Attempts]:
+    async def send_request(self, req: Request, mids: Sequence[str | None] = ()) -> tuple[Outcome, _Attempts]:
         tries = _Attempts()
 
         def wait(state: RetryCallState) -> float:
@@ -234,10 +240,10 @@ class DestinationWorker:
             retry=retry_if_result(should_retry),
             retry_error_callback=lambda state: state.outcome.result(),
         )
-        outcome = await retrying(self.attempt, req, tries)
+        outcome = await retrying(self.attempt, req, tries, mids)
         return outcome, tries
 
-    async def attempt(self, req: Request, tries: _Attempts) -> Outcome:
+    async def attempt(self, req: Request, tries: _Attempts, mids: Sequence[str | None] = ()) -> Outcome:
         await self._rate_limit()
         tries.count += 1
         started = time.monotonic()
@@ -248,7 +254,10 @@ class DestinationWorker:
             tries.last_status, tries.last_body = None, reason
             METRICS.requests_sent.labels(self.name, "network_error").inc()
             self.log.info("request_failed", url=_safe_url(req.url), error=reason, attempt=tries.count)
-            return Outcome(Verdict.RETRY, reason)
+            failed = Outcome(Verdict.RETRY, reason)
+            if TAPS.attempted:
+                TAPS.emit(TAPS.attempted, self.name, req, None, reason, failed, mids, tries.count, time.time())
+            return failed
         tries.last_status, tries.last_body = response.status, body_excerpt(response.body, 2000)
         try:
             outcome = self.adapter.classify(req, response)
@@ -257,6 +266,8 @@ class DestinationWorker:
             outcome = Outcome(Verdict.RETRY if response.status >= 500 else Verdict.PERMANENT,
                               f"HTTP {response.status} (classifier error: {exc!r})")
         METRICS.requests_sent.labels(self.name, outcome.verdict.value).inc()
+        if TAPS.attempted:
+            TAPS.emit(TAPS.attempted, self.name, req, response, None, outcome, mids, tries.count, time.time())
         self.log.debug("request_done", url=_safe_url(req.url), status=response.status, verdict=outcome.verdict.value,
                        messages=len(req.messages), ms=round((time.monotonic() - started) * 1000, 1))
         return outcome
@@ -320,6 +331,8 @@ class DestinationWorker:
             METRICS.delivered.labels(self.name).inc(delivered)
             self.log.info("events_delivered", count=delivered, attempts=max(r.attempts for r in results))
         await self.spool.settle(self.name, settlements)
+        if TAPS.settled:
+            TAPS.emit(TAPS.settled, self.name, settlements)
         if retry_due:
             # failing: stop taking new events until the earliest retry is due
             self.paused_until = max(self.paused_until, min(retry_due))

@@ -359,13 +359,18 @@ class DeliveryConfig(_Model):
         None, description="How long to keep retrying before dead-lettering; 'forever' never gives up."
     )
     max_requests_per_second: float | None = Field(None, gt=0, description="Rate limit towards the destination.")
+    probe_interval: float | None = Field(
+        None, gt=0, description="While a destination fails, one probe request is sent this often (doubling up to "
+                                "probe_interval_max); when a probe succeeds, every rescheduled event is due at once.")
+    probe_interval_max: float | None = Field(None, gt=0, description="Longest wait between two probes.")
 
     @field_validator("max_batch_bytes", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return None if v is None else parse_size(v)
 
-    @field_validator("flush_interval", "timeout", "backoff_initial", "backoff_max", mode="before")
+    @field_validator("flush_interval", "timeout", "backoff_initial", "backoff_max", "probe_interval",
+                     "probe_interval_max", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
@@ -391,6 +396,8 @@ DELIVERY_DEFAULTS = DeliveryConfig(
     backoff_max=600.0,
     retry_window=4 * 3600.0,
     max_requests_per_second=None,
+    probe_interval=5.0,
+    probe_interval_max=30.0,
 )
 
 
@@ -406,6 +413,8 @@ class EffectiveDelivery:
     backoff_max: float
     retry_window: float
     max_requests_per_second: float | None
+    probe_interval: float
+    probe_interval_max: float
 
 
 class FilterConfig(_Model):

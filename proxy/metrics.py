@@ -28,6 +28,10 @@ class Metrics:
                                       ["reason"], registry=r)
         self.events_dropped = Counter("trackrelay_events_dropped", "Events answered 200 but not stored on purpose, by reason "
                                       "(server.unknown_write_key: accept_and_drop).", ["reason"], registry=r)
+        self.circuit_open = Gauge("trackrelay_destination_circuit_open", "1 while the destination fails and only probes "
+                                  "are sent to it.", ["destination"], registry=r, multiprocess_mode="mostrecent")
+        self.batch_splits = Counter("trackrelay_destination_batch_splits", "Batched requests refused as a whole and "
+                                    "split to find the refused messages.", ["destination"], registry=r)
         self.events_modified = Counter("trackrelay_events_modified", "Events a destination's adapter changed to fit the API's "
                                        "documented limits (e.g. GA4 items cut at 200), by destination.", ["destination"],
                                        registry=r)

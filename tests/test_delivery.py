@@ -244,3 +244,49 @@ def test_delivered_events_leave_the_spool_and_undelivered_ones_stay(tmp_path):
         destinations=[hook("up", fake.url)]) as tr:
         send(tr, events(20, "gc-only"))
         wait(lambda: tr.spool_events() == [], timeout=15, what="delivered events purged")
+
+
+def test_recovery_after_an_outage_delivers_the_backlog_without_waiting_out_each_backoff(tmp_path):
+    """Events rescheduled during an outage are due again as soon as a probe succeeds: with a
+    2-minute first backoff, waiting them out would take minutes; the probe every 0.3 s finds the
+    destination back and everything is delivered at once."""
+    rec = Recorder()
+    rec.default = 503
+    with FakeServer(rec.app()) as fake, TrackRelay(tmp_path, destinations=[hook(
+        "h", fake.url, backoff_initial=120, backoff_max=600, inflight_retries=0, max_batch_events=50,
+        probe_interval=0.3, probe_interval_max=0.6)]) as tr:
+        sent = events(600, "outage")
+        send(tr, sent[:300])
+        wait(lambda: metric(tr, "trackrelay_destination_circuit_open", destination="h") == 1, timeout=15,
+             what="the circuit to open")
+        send(tr, sent[300:])
+        time.sleep(1.0)
+        during = len(rec.log)
+        time.sleep(1.5)
+        assert len(rec.log) - during <= 8, "an open circuit sends one probe at a time, not the backlog"
+        rec.default = 200
+        wait(lambda: {e["messageId"] for e in sent} <= set(rec.delivered_ids()), timeout=30,
+             what="the whole backlog delivered after recovery (long before any 2-minute backoff)")
+        wait(lambda: metric(tr, "trackrelay_destination_circuit_open", destination="h") == 0, timeout=10,
+             what="the circuit to close")
+        assert '"destination_recovered"' in tr.logs()
+        assert dead_letters(tr) == []
+
+
+def test_a_refused_batch_is_split_so_only_the_bad_events_are_dead_lettered(tmp_path):
+    rec = Recorder()
+    # the receiver refuses any batch that holds one bad event, without saying which
+    rec.answer = lambda body: 400 if isinstance(body, list) and any(e.get("event") == "Bad" for e in body) else None
+    evs = [{"type": "track", "event": "Bad" if i % 50 == 7 else "Good", "userId": "u", "messageId": f"split-{i}"}
+           for i in range(300)]
+    with FakeServer(rec.app()) as fake, TrackRelay(tmp_path, destinations=[{
+        "name": "h", "type": "webhook", "settings": {"url": fake.url + "/h", "batch_size": 10},
+        "delivery": {**FAST, "max_batch_events": 100}}]) as tr:
+        send(tr, evs)
+        bad = {e["messageId"] for e in evs if e["event"] == "Bad"}
+        good = {e["messageId"] for e in evs} - bad
+        wait(lambda: good <= set(rec.delivered_ids()) and len(dead_letters(tr)) >= len(bad), timeout=30,
+             what="good events delivered, bad ones dead-lettered")
+        assert {d["message_id"] for d in dead_letters(tr)} == bad
+        assert not bad & set(rec.delivered_ids())
+        assert metric(tr, "trackrelay_destination_batch_splits_total", destination="h") > 0

@@ -11,9 +11,14 @@ Per destination:
   at ``backoff_max``, Retry-After winning; past ``retry_window`` the event is dead-lettered;
 - a message that needs several requests (an import plus a profile update...) remembers which of
   them succeeded, so a retry does not send those again;
-- while a destination is failing, it stops leasing new events (its backlog stays in the spool)
-  and only retries its rescheduled events, so a dead destination costs neither memory nor the
-  other destinations anything;
+- a circuit breaker: when a batch fails as a whole (network errors, 5xx, 429), the destination's
+  circuit opens: nothing is sent but one probe event every ``probe_interval`` (doubling up to
+  ``probe_interval_max``, Retry-After respected), the backlog stays in the spool, so a dead
+  destination costs neither memory nor the other destinations anything; the first probe that
+  succeeds closes the circuit and makes every rescheduled event due at once, so catch-up runs at
+  drain speed instead of waiting out each event's backoff;
+- a batched request refused as a whole (400/413/422) without saying which messages were wrong is
+  split in halves, down to single messages, so only the refused messages are dead-lettered;
 - the spool moves a destination past an event only once it is settled, so a crash re-delivers
   (at-least-once) and never loses.
 """
@@ -53,6 +58,8 @@ from proxy.spool import Disposition, Settlement, Spool, Work
 log = structlog.get_logger("trackrelay.delivery")
 
 INFLIGHT_MAX_WAIT = 5.0  # longer Retry-After values are waited out durably, not in flight
+# a batch refused with one of these, without per-message detail, is split to find the bad messages
+SPLIT_STATUSES = frozenset({400, 413, 422})
 _SEVERITY = {Verdict.OK: 0, Verdict.RETRY: 1, Verdict.PERMANENT: 2}
 
 
@@ -92,7 +99,11 @@ class DestinationWorker:
         self.wake = asyncio.Event()
         self.buffer: deque[Work] = deque()
         self.buffer_since: float | None = None
-        self.paused_until = 0.0
+        # the circuit breaker: open while the destination fails; one probe at a time then
+        self.open_since: float | None = None
+        self.probe_at = 0.0
+        self.probe_interval = delivery.probe_interval
+        self.probing = False
         self.inflight: set[asyncio.Task] = set()
         self.sem = asyncio.Semaphore(delivery.concurrency)
         self.stopping = False
@@ -119,7 +130,7 @@ class DestinationWorker:
             if not batch:
                 continue
             await self.sem.acquire()
-            task = asyncio.create_task(self.deliver(batch))
+            task = asyncio.create_task(self.deliver(batch, probe=self.probing))
             self.inflight.add(task)
             task.add_done_callback(self._done)
 
@@ -130,17 +141,15 @@ class DestinationWorker:
             self.log.error("deliver_failed", error=repr(task.exception()))
 
     async def next_batch(self) -> list[Work] | None:
-        paused = time.time() < self.paused_until
+        if self.open_since is not None:
+            return await self._probe()
         room = self.d.max_batch_events - len(self.buffer)
         if room > 0:
-            got = await self.spool.lease(self.name, room, self.d.max_batch_bytes, new=not paused)
+            got = await self.spool.lease(self.name, room, self.d.max_batch_bytes)
             if got:
                 self.buffer.extend(got)
         if not self.buffer:
-            if paused:  # only a due retry or an outcome (stop, a success) changes anything now
-                await self._sleep(min(self.paused_until - time.time(), 1.0))
-            else:
-                await self.spool.wait(self.name, 1.0)
+            await self.spool.wait(self.name, 1.0)
             return None
         if self.buffer_since is None:
             self.buffer_since = time.monotonic()
@@ -167,8 +176,45 @@ class DestinationWorker:
         self.buffer_since = time.monotonic() if self.buffer else None
         return batch
 
+    async def _probe(self) -> list[Work] | None:
+        """Circuit open: one event, when the probe is due, and only one probe at a time."""
+        now = time.time()
+        if self.probing or now < self.probe_at:
+            await self._sleep(1.0 if self.probing else min(self.probe_at - now, 1.0))
+            return None
+        if self.buffer:
+            probe = [self.buffer.popleft()]
+        else:
+            probe = await self.spool.lease(self.name, 1, self.d.max_batch_bytes)
+            if not probe and await self.spool.expedite(self.name, 1):  # the earliest retry, ahead of its time
+                probe = await self.spool.lease(self.name, 1, self.d.max_batch_bytes)
+        if not probe:  # nothing owed any more: nothing to probe with
+            self._close_circuit(0)
+            return None
+        self.probing = True
+        return probe
+
+    def _open_circuit(self, retry_after: float | None) -> None:
+        now = time.time()
+        if self.open_since is None:
+            self.open_since = now
+            self.probe_interval = self.d.probe_interval
+            METRICS.circuit_open.labels(self.name).set(1)
+            self.log.warning("destination_failing", probe_in=self.probe_interval)
+        else:
+            self.probe_interval = min(self.probe_interval * 2, self.d.probe_interval_max)
+        self.probe_at = now + max(self.probe_interval, retry_after or 0.0)
+
+    def _close_circuit(self, expedited: int) -> None:
+        if self.open_since is not None:
+            self.log.info("destination_recovered", failing_for=round(time.time() - self.open_since, 1),
+                          retries_due_now=expedited)
+        self.open_since = None
+        self.probe_interval = self.d.probe_interval
+        METRICS.circuit_open.labels(self.name).set(0)
+
     async def _sleep(self, seconds: float) -> None:
-        """Wait while paused: only a state change (an outcome recorded, stop) wakes us early."""
+        """Wait while the circuit is open: only a state change (an outcome, stop) wakes us early."""
         if seconds <= 0 or self.stopping:
             return
         self.wake.clear()
@@ -177,10 +223,10 @@ class DestinationWorker:
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def deliver(self, batch: list[Work]) -> None:
+    async def deliver(self, batch: list[Work], probe: bool = False) -> None:
         messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index), raw=w.raw) for w in batch]
         results = await self.send(messages, [w.done for w in batch])
-        await self.record(batch, messages, results)
+        await self.record(batch, messages, results, probe)
 
     async def send(self, messages: list[Message], done: list[frozenset[str]] | None = None) -> list[Result]:
         """Build and send the requests for ``messages``; ``done[i]`` are the keys of requests that
@@ -208,6 +254,9 @@ class DestinationWorker:
                 continue
             mids = [_message_id(messages[i]) for i in req.messages] if TAPS.attempted else ()
             outcome, tries = await self.send_request(req, mids)
+            if self._should_split(req, outcome, tries):
+                await self._split(req, messages, done, results, tries)
+                continue
             for i in req.messages:
                 current = results[i]
                 if current.verdict is None:
@@ -220,6 +269,31 @@ class DestinationWorker:
                     results[i] = Result(mo.verdict, mo.reason, tries.last_status, tries.last_body,
                                         outcome.retry_after, tries.count, current.done)
         return results
+
+    def _should_split(self, req: Request, outcome: Outcome, tries: _Attempts) -> bool:
+        return (outcome.verdict is Verdict.PERMANENT and not outcome.per_message and len(req.messages) > 1
+                and tries.last_status in SPLIT_STATUSES and not self.stopping)
+
+    async def _split(self, req: Request, messages: list[Message], done: list[frozenset[str]] | None,
+                     results: list[Result], tries: _Attempts) -> None:
+        """The API refused a batch as a whole without saying which messages: send each half again
+        (built anew by the adapter), down to single messages, so only the refused ones fail."""
+        idx = [i for i in req.messages if results[i].verdict is not None]
+        self.log.info("batch_split", messages=len(idx), status=tries.last_status)
+        METRICS.batch_splits.labels(self.name).inc()
+        half = len(idx) // 2
+        for part in (idx[:half], idx[half:]):
+            sub = await self.send([messages[i] for i in part],
+                                  [(done[i] if done else frozenset()) | results[i].done for i in part])
+            for i, res in zip(part, sub):
+                current = results[i]
+                res.attempts += max(current.attempts, tries.count)
+                res.done |= current.done
+                if (res.verdict is not None and current.verdict is not None
+                        and _SEVERITY[current.verdict] > _SEVERITY[res.verdict]):
+                    res = Result(current.verdict, current.reason, current.status, current.response,
+                                 current.retry_after, res.attempts, res.done)
+                results[i] = res
 
     async def send_request(self, req: Request, mids: Sequence[str | None] = ()) -> tuple[Outcome, _Attempts]:
         tries = _Attempts()
@@ -285,7 +359,8 @@ class DestinationWorker:
 
     # -- recording outcomes ---------------------------------------------------------------------
 
-    async def record(self, batch: list[Work], messages: list[Message], results: list[Result]) -> None:
+    async def record(self, batch: list[Work], messages: list[Message], results: list[Result],
+                     probe: bool = False) -> None:
         now = time.time()
         settlements: list[Settlement] = []
         delivered = 0
@@ -333,11 +408,13 @@ class DestinationWorker:
         await self.spool.settle(self.name, settlements)
         if TAPS.settled:
             TAPS.emit(TAPS.settled, self.name, settlements)
-        if retry_due:
-            # failing: stop taking new events until the earliest retry is due
-            self.paused_until = max(self.paused_until, min(retry_due))
-        elif any(r.verdict is Verdict.OK for r in results):
-            self.paused_until = 0.0
+        if probe:
+            self.probing = False
+        if any(r.verdict is Verdict.OK for r in results):
+            if self.open_since is not None:  # the destination answers again: everything owed is due now
+                self._close_circuit(await self.spool.expedite(self.name))
+        elif retry_due and (probe or self.open_since is None):  # failed as a whole: stop sending, probe
+            self._open_circuit(max((r.retry_after or 0.0) for r in results))
         self.wake.set()
 
     # -- lifecycle ------------------------------------------------------------------------------

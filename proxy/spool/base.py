@@ -303,6 +303,12 @@ class Spool(abc.ABC):
         """Record outcomes of leased work, durably and each exactly once. RETRY keeps the event for
         a later lease at ``retry_at``; DEAD moves it to the dead letters; DELIVERED and SKIPPED end it."""
 
+    async def expedite(self, destination: str, limit: int | None = None) -> int:
+        """Make the destination's rescheduled events (all, or the ``limit`` earliest) due now, e.g.
+        once a failing destination answers again; return how many. A backend that cannot move
+        retries forward returns 0 and they stay due when they were."""
+        return 0
+
     @abc.abstractmethod
     async def wait(self, destination: str, timeout: float) -> None:
         """Return when new work may be there for the destination, or after ``timeout`` seconds."""

@@ -291,6 +291,17 @@ class MemorySpool(Spool):
             else:  # pragma: no cover - the enum is closed
                 raise ValueError(f"unknown disposition {s.disposition!r}")
 
+    async def expedite(self, destination: str, limit: int | None = None) -> int:
+        now = time.time()
+        leased = self._leased.get(destination, set())
+        waiting = sorted((r for r in self.store.retries.get(destination, {}).values()
+                          if r.retry_at > now and ("r", r.key) not in leased), key=lambda r: (r.retry_at, r.key))
+        for r in waiting[:limit]:
+            r.retry_at = now
+        if waiting:
+            self._notify(destination)
+        return len(waiting[:limit])
+
     async def wait(self, destination: str, timeout: float) -> None:
         if self._pending.get(destination) or self._closed:
             return
@@ -379,7 +390,7 @@ class MemorySpool(Spool):
                 progress(count)
         return count
 
-    async def stats(self, destinations: Sequence[str] = ()) -> Stats:
+    async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
         store = self.store
         names = set(destinations) | set(await self.known_destinations())
         per: dict[str, DestinationStats] = {name: DestinationStats() for name in names}

@@ -5,6 +5,7 @@
     rec.default = (400, {}, b'{"error":"bad"}')
     rec.delay = 0.05                     # seconds before answering
     rec.blackhole = True                 # accept and never answer
+    rec.answer = lambda body: 400 or None  # an answer chosen from the parsed body (None: as above)
     with FakeServer(rec.app()) as server: ...
     rec.delivered()                      # events of requests answered 2xx, in order
 """
@@ -26,6 +27,7 @@ class Recorder:
         self.default: Answer = 200
         self.delay = 0.0
         self.blackhole = False
+        self.answer: Any = None
         self.log: list[tuple[float, int, Any]] = []  # (loop time, status answered, parsed body)
 
     def app(self) -> web.Application:
@@ -39,12 +41,13 @@ class Recorder:
             await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
-        answer = self.script.pop(0) if self.script else self.default
-        status, headers, payload = (answer, {}, b"") if isinstance(answer, int) else answer
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             parsed = body
+        chosen = self.answer(parsed) if self.answer is not None else None
+        answer = chosen if chosen is not None else (self.script.pop(0) if self.script else self.default)
+        status, headers, payload = (answer, {}, b"") if isinstance(answer, int) else answer
         self.log.append((asyncio.get_running_loop().time(), status, parsed))
         return web.Response(status=status, headers=headers, body=payload)
 

@@ -38,6 +38,7 @@ CAVEATS = {
     # a backend listing one of these does not guarantee the figure exactly; cases relax that check
     "approximate_backlog": "DestinationStats.backlog is an estimate",
     "no_oldest_undelivered": "DestinationStats.oldest_undelivered may be None",
+    "no_expedite": "expedite() cannot move retries forward (returns 0; they stay due when they were)",
 }
 
 

@@ -88,3 +88,26 @@ async def test_a_retry_that_fails_for_good_becomes_a_dead_letter(harness):
     stats = (await spool.stats(["A"])).destinations["A"]
     assert (stats.retries, stats.dead) == (0, 1)
     assert await lease_all(spool, "A") == []
+
+
+async def test_expedite_makes_waiting_retries_due_now_earliest_first(harness):
+    spool = await harness.open()
+    await spool.attach(["A"])
+    w = await _leased(spool, "soon", "later", "latest")
+    now = time.time()
+    await spool.settle("A", [
+        Settlement(w["later"], Disposition.RETRY, retry_at=now + 7200, attempts=1),
+        Settlement(w["soon"], Disposition.RETRY, retry_at=now + 3600, attempts=1),
+        Settlement(w["latest"], Disposition.RETRY, retry_at=now + 9000, attempts=1),
+    ])
+    assert await lease_all(spool, "A") == []
+    moved = await spool.expedite("A", 1)
+    if "no_expedite" in harness.caveats:
+        assert moved == 0
+        return
+    assert moved == 1
+    first = await lease_all(spool, "A")
+    assert mids(first) == ["soon"]
+    assert await spool.expedite("A") == 2
+    assert mids(await lease_all(spool, "A")) == ["later", "latest"]
+    assert first[0].attempts == 1

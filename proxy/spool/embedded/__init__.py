@@ -512,6 +512,16 @@ class EmbeddedSpool(Spool):
         if due:
             d.next_retry_check = min(d.next_retry_check, min(due))
 
+    async def expedite(self, destination: str, limit: int | None = None) -> int:
+        assert self.state
+        d = await self._dest(destination)
+        now = time.time()
+        moved = await self.state.run(lambda c: State.expedite(c, destination, now, limit))
+        if moved:
+            d.next_retry_check = 0.0
+            d.event.set()
+        return moved
+
     def _advance(self, d: _Dest) -> bool:
         moved = False
         while d.pending:
@@ -726,9 +736,15 @@ class EmbeddedSpool(Spool):
                 end = log_.end()
             journal.sync()
             return end
+        if not self.journal.unsynced and self._journal_synced_end == self.committed_end:
+            return self._journal_synced_end  # idle: no fsync, no write
         end = await asyncio.to_thread(sync)
-        await self.state.run(lambda c: State.set_meta(c, DEDUP_SYNCED, str(end)))
+        if end != self._journal_synced_end:
+            await self.state.run(lambda c: State.set_meta(c, DEDUP_SYNCED, str(end)))
+            self._journal_synced_end = end
         return end
+
+    _journal_synced_end = -1
 
     async def maintain(self, active_destinations: Sequence[str]) -> None:
         if self.role == "admin" or self.log is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -144,6 +145,7 @@ class Journal:
         self._slot: int | None = None
         self._fd: int | None = None
         self._dirty: set[int] = set()
+        self.unsynced = False  # written since the last sync
 
     def _path(self, slot: int) -> Path:
         return self.dir / f"{slot:012d}.ids"
@@ -158,14 +160,28 @@ class Journal:
             self._fd = os.open(self._path(slot), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._slot = slot
         os.write(self._fd, _BLOCK.pack(len(hashes), at) + struct.pack(f"<{len(hashes)}q", *hashes))
+        self.unsynced = True
 
-    def sync(self) -> None:
+    def sync(self, now: float | None = None) -> None:
+        """fsync the journal files of this window and the last, whoever wrote them (every process
+        appends to the same files; an fsync covers the file, not the descriptor)."""
+        self.unsynced = False
         for fd in list(self._dirty):
             os.fsync(fd)
             os.close(fd)
         self._dirty.clear()
-        if self._fd is not None:
-            os.fsync(self._fd)
+        slot = int((time.time() if now is None else now) // self.window)
+        for s in {slot - 1, slot, self._slot}:
+            if s is None:
+                continue
+            try:
+                fd = os.open(self._path(s), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         self.sync()

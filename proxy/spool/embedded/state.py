@@ -168,6 +168,12 @@ class State:
         return [RetryRow(r) for r in rows]
 
     @staticmethod
+    def expedite(conn: sqlite3.Connection, dest: str, now: float, limit: int | None) -> int:
+        return conn.execute(
+            "UPDATE retry SET due = ? WHERE id IN (SELECT id FROM retry WHERE dest = ? AND due > ? ORDER BY due, id"
+            " LIMIT ?)", (now, dest, now, -1 if limit is None else limit)).rowcount
+
+    @staticmethod
     def next_due(conn: sqlite3.Connection, dest: str, after: float) -> float | None:
         """The earliest due time after ``after`` (retries due already are leased or in flight)."""
         return conn.execute("SELECT MIN(due) FROM retry WHERE dest = ? AND due > ?", (dest, after)).fetchone()[0]

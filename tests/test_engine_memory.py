@@ -1,0 +1,106 @@
+"""The delivery engine in-process, on the memory spool, with a scripted transport: no server
+process, no sockets. What a message owes several requests for, what a retry sends again, and the
+circuit breaker's probe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from destinations.base import Request, Response
+from proxy.config import Config
+from proxy.delivery.engine import DeliveryEngine
+from proxy.spool import Append, DeadQuery, Item, Route, dedup_hash
+from proxy.spool.memory import MemorySpool
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def config(**delivery) -> Config:
+    return Config.model_validate({
+        "sources": [{"name": "web", "write_keys": ["k"]}],
+        "destinations": [{"name": "mp", "type": "mixpanel", "settings": {"project_token": TOKEN,
+                                                                         "endpoint": "http://mixpanel.test"},
+                          "delivery": {"flush_interval": 0.01, "inflight_retries": 0, "backoff_initial": 0.05,
+                                       "backoff_max": 0.1, **delivery}}],
+    })
+
+
+def order(mid: str) -> Append:
+    event = {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": mid,
+             "properties": {"order_id": mid, "revenue": 12.5, "currency": "USD"}}
+    return Append("web", 0, time.time(), [Item(orjson.dumps(event), dedup_hash("web", mid), 0)], [Route(("mp",))])
+
+
+class Script:
+    """Answers by URL path: a list of statuses per path, then 200."""
+
+    def __init__(self, answers: dict[str, list[int]]) -> None:
+        self.answers = answers
+        self.sent: list[tuple[str, Request]] = []
+
+    async def __call__(self, req: Request, timeout: float) -> Response:
+        path = req.url.split("?", 1)[0].removeprefix("http://mixpanel.test")
+        self.sent.append((path, req))
+        queue = self.answers.get(path) or []
+        status = queue.pop(0) if queue else 200
+        return Response(status, {}, b'{"status":1}' if path == "/engage" else b'{"code":200,"num_records_imported":1}')
+
+
+async def until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_retry_sends_only_the_requests_that_failed():
+    spool = MemorySpool()
+    await spool.start()
+    engine = DeliveryEngine(config(), spool)
+    script = Script({"/engage": [503]})
+    engine.transport = script  # type: ignore[method-assign]
+    await engine.start()
+    try:
+        await spool.append(order("o1"))
+        await until(lambda: [p for p, _ in script.sent].count("/engage") == 2)
+        await asyncio.sleep(0.3)
+        paths = [p for p, _ in script.sent]
+        # the order went to /import once; only the profile's $transactions append was retried
+        assert paths.count("/import") == 1, paths
+        assert paths.count("/engage") == 2, paths
+        assert (await spool.stats(["mp"])).destinations["mp"].retries == 0
+        assert (await spool.dead_letters(DeadQuery()))[1] == 0
+    finally:
+        await engine.stop(1.0)
+        await spool.close()
+
+
+async def test_an_open_circuit_sends_one_probe_at_a_time_and_recovery_delivers_everything():
+    spool = MemorySpool()
+    await spool.start()
+    engine = DeliveryEngine(config(backoff_initial=3600, backoff_max=3600, probe_interval=0.05, concurrency=1,
+                                   probe_interval_max=0.1, max_batch_events=10), spool)
+    script = Script({"/import": [503] * 6})
+    engine.transport = script  # type: ignore[method-assign]
+    await engine.start()
+    try:
+        for i in range(40):
+            await spool.append(order(f"p{i}"))
+        await until(lambda: len([1 for p, _ in script.sent if p == "/import"]) >= 6)
+        worker = engine.workers[0]
+        # while it failed, one request at a time carried one event (the probes) after the first batch
+        imports = [r for p, r in script.sent if p == "/import"]
+        assert all(len(r.messages) == 1 for r in imports[1:6]), [len(r.messages) for r in imports]
+        await until(lambda: worker.open_since is None)
+        # the probe went through: every event rescheduled an hour ahead is due at once
+        await until(lambda: len({m for p, r in script.sent if p == "/import"
+                                 for m in orjson.loads(r.body) for m in [m["properties"]["$insert_id"]]}) == 40)
+        stats = await spool.stats(["mp"])
+        assert stats.destinations["mp"].retries == 0 and stats.destinations["mp"].backlog == 0
+    finally:
+        await engine.stop(1.0)
+        await spool.close()

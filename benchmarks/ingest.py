@@ -99,8 +99,9 @@ def disk_ceiling(workdir: Path, seconds: float = 6.0, chunk: int = 1 << 20) -> f
 
 
 def prepare_cost(workdir: Path, rounds: int = 300) -> dict[str, float]:
-    """CPU per event of ``Ingest.prepare`` (parse, check, enrich, route, encode: the server's work per event
-    before the spool), run in this process on the benchmark's own bodies, one process, no I/O."""
+    """CPU per event of ``Ingest.prepare`` (decode the checked fields, check, route, build the spool's
+    Append: the server's work per event before the spool), run in this process on the benchmark's own
+    bodies, one process, no I/O."""
     from aiohttp.test_utils import make_mocked_request
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -112,8 +113,9 @@ def prepare_cost(workdir: Path, rounds: int = 300) -> dict[str, float]:
     write_config(cfg_path, free_port(), workdir / "prepare-data", [])
     config = load_config(cfg_path)
 
-    class NoSpool:
-        full = False
+    class NoSpool:  # prepare() asks the spool only whether it may append now
+        def refusal(self) -> None:
+            return None
 
     ingest = Ingest(config, NoSpool(), Router(config.destinations))  # type: ignore[arg-type]
     out = {}
@@ -125,7 +127,7 @@ def prepare_cost(workdir: Path, rounds: int = 300) -> dict[str, float]:
         t0 = time.process_time()
         for i in range(n):
             prepared = ingest.prepare(request, bodies[i % len(bodies)], segment, "track" if per == 1 else None)
-            assert not isinstance(prepared, web.Response) and len(prepared[3]) == per
+            assert len(prepared.items) == per
         out[mode] = (time.process_time() - t0) / (n * per) * 1e6
     return out
 

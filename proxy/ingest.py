@@ -78,8 +78,16 @@ _decode_batch = msgspec.json.Decoder(_Batch).decode
 _decode_items = msgspec.json.Decoder(list[_Raw]).decode
 _decode_any = msgspec.json.Decoder().decode
 
-# numbers that may not survive as sent: 19+ digits (beyond 64 bits?) or a 3-digit exponent (overflow?)
-_SUSPECT_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d{19}|[\d.]+[eE][+-]?\d{3})")
+# Numbers that may not survive as sent: a run of 19+ digits (beyond 64 bits?) or a 3-digit exponent
+# (overflow?). Digits are mapped to "0" and the runs looked for as substrings: a C-speed prefilter
+# (a regex costs ~20x more); the rare hit is then checked exactly.
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_SUSPECT_RUNS = (b"0" * 19, b"e000", b"E000", b"e+000", b"E+000")
+
+
+def _suspect_number(raw: bytes) -> bool:
+    zeroed = raw.translate(_DIGITS_TO_ZERO)
+    return any(run in zeroed for run in _SUSPECT_RUNS)
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _DEPTH_STEP = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}
@@ -263,7 +271,7 @@ class Ingest:
         depth_limit = limits.max_nesting_depth
         if raw.count(b"{") + raw.count(b"[") > depth_limit and nesting_depth(raw) > depth_limit:
             raise spec.Invalid("too_deeply_nested", f"objects and arrays nest deeper than {depth_limit} levels")
-        if _SUSPECT_NUMBER.search(raw):
+        if _suspect_number(raw):
             try:
                 value = _decode_any(raw)
             except (msgspec.DecodeError, RecursionError):

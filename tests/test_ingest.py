@@ -461,3 +461,62 @@ def test_unknown_write_key_accept_and_drop_answers_200_and_stores_nothing(tmp_pa
         assert 'trackrelay_events_dropped_total{reason="unknown_write_key"} 3.0' in metrics
         # a missing key is still a client error, whatever the policy
         assert t2.post("/v1/track", {"event": "E", "userId": "u"})[0] == 400
+
+
+# --- nesting and numbers -------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * (depth - 1) + b"1" + b"}" * (depth - 1)
+
+
+@pytest.mark.parametrize("depth", [100, 254, 300, 1000])
+def test_too_deep_nesting_is_a_400_never_a_500(tr, depth):
+    body = b'{"writeKey":"' + WRITE_KEY.encode() + b'","userId":"u","event":"E","properties":' + _nested(depth) + b"}"
+    status, payload, _ = tr.post("/v1/track", None, raw=body)
+    assert status == 400 and payload["code"] in ("too_deeply_nested", "invalid_json")
+    if depth < 900:  # beyond the JSON decoder's own recursion limit the body is not JSON we read
+        assert payload["code"] == "too_deeply_nested"
+
+
+def test_a_batch_keeps_its_valid_items_when_one_is_too_deep(tr):
+    deep = b'{"type":"track","event":"E","userId":"u","messageId":"deep-bad","properties":' + _nested(80) + b"}"
+    good = orjson.dumps({"type": "track", "event": "E", "userId": "u", "messageId": "deep-good",
+                         "properties": {"a": {"b": {"c": [1, [2, [3]]]}}}})
+    body = b'{"writeKey":"' + WRITE_KEY.encode() + b'","batch":[' + deep + b"," + good + b"]}"
+    status, payload, headers = tr.post("/v1/batch", None, raw=body)
+    assert status == 200 and headers["X-Trackrelay-Rejected"] == "1"
+    stored = by_id(tr)
+    assert "deep-good" in stored and "deep-bad" not in stored
+    assert stored["deep-good"]["properties"] == {"a": {"b": {"c": [1, [2, [3]]]}}}
+    assert 'reason="too_deeply_nested"' in tr.get("/metrics")[1].decode()
+
+
+def test_numbers_are_kept_exactly_or_refused_never_changed(tr):
+    big = b'{"writeKey":"' + WRITE_KEY.encode() + b'","userId":"u","event":"E","messageId":"num-big","properties":{"n":123456789012345678901234567890}}'
+    status, payload, _ = tr.post("/v1/track", None, raw=big)
+    assert status == 400 and payload["code"] == "number_out_of_range"
+    huge = big.replace(b"123456789012345678901234567890", b"1e400")
+    status, payload, _ = tr.post("/v1/track", None, raw=huge)
+    assert status == 400 and payload["code"] == "number_out_of_range"
+    # the 64-bit extremes, a long digit string and an exponent in a string are fine and kept exactly
+    ok = (b'{"writeKey":"' + WRITE_KEY.encode() + b'","userId":"u","event":"E","messageId":"num-ok",'
+          b'"properties":{"max":18446744073709551615,"min":-9223372036854775808,"id":"123456789012345678901234567890",'
+          b'"note":"x e999 y","f":1.5e300,"g":0.1}}')
+    assert tr.post("/v1/track", None, raw=ok)[0] == 200
+    batch = (b'{"writeKey":"' + WRITE_KEY.encode() + b'","batch":[{"type":"track","event":"E","userId":"u",'
+             b'"messageId":"num-batch-bad","properties":{"n":99999999999999999999}},'
+             b'{"type":"track","event":"E","userId":"u","messageId":"num-batch-good","properties":{"n":9}}]}')
+    status, _, headers = tr.post("/v1/batch", None, raw=batch)
+    assert status == 200 and headers["X-Trackrelay-Rejected"] == "1"
+    stored = by_id(tr)
+    props = stored["num-ok"]["properties"]
+    assert props["max"] == 18446744073709551615 and props["min"] == -9223372036854775808
+    assert props["id"] == "123456789012345678901234567890" and props["f"] == 1.5e300 and props["g"] == 0.1
+    assert "num-big" not in stored and "num-batch-bad" not in stored and "num-batch-good" in stored
+
+
+def test_invalid_utf8_is_a_400(tr):
+    body = b'{"writeKey":"' + WRITE_KEY.encode() + b'","userId":"u","event":"E","properties":{"s":"\xff\xfe"}}'
+    status, payload, _ = tr.post("/v1/track", None, raw=body)
+    assert status == 400 and payload["code"] == "invalid_json"

@@ -128,34 +128,43 @@ CONTEXT_FIELDS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 class Settings(DestinationSettings):
     type: Literal["amplitude"] = Field("amplitude", description="Adapter type.")
-    api_key: SecretStr = Field(description="Amplitude project API key (sent in the request body, as Amplitude requires).")
+    api_key: SecretStr = Field(description="Amplitude project API key (sent in the request body, as Amplitude "
+                                           "requires).")
     region: Literal["us", "eu"] = Field(
-        "us", description="Data center of the project: us (api2.amplitude.com) or eu (api.eu.amplitude.com). Used when `endpoint` is not set."
+        "us", description="Data center of the project: us (api2.amplitude.com) or eu (api.eu.amplitude.com). Used when "
+                          "`endpoint` is not set."
     )
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL for every Amplitude path (/2/httpapi, /batch, /usermap); default: the region's host."
+        None, description="Base URL for every Amplitude path (/2/httpapi, /batch, /usermap); default: the region's "
+                          "host."
     )
     api: Literal["http_v2", "batch"] = Field(
-        "http_v2", description="`http_v2` (POST /2/httpapi, 1 MB per request) or `batch` (POST /batch, 20 MB, for high volume)."
+        "http_v2", description="`http_v2` (POST /2/httpapi, 1 MB per request) or `batch` (POST /batch, 20 MB, for high "
+                               "volume)."
     )
     max_events_per_request: int = Field(
-        MAX_EVENTS, ge=1, le=MAX_EVENTS, description="Events per request (at most 2000; Amplitude asks Starter plans for 10)."
+        MAX_EVENTS, ge=1, le=MAX_EVENTS, description="Events per request (at most 2000; Amplitude asks Starter plans "
+                                                     "for 10)."
     )
     min_id_length: int | None = Field(
-        None, ge=1, description="Minimum user_id/device_id length (Amplitude's default is 5); sent as options.min_id_length when set."
+        None, ge=1, description="Minimum user_id/device_id length (Amplitude's default is 5); sent as "
+                                "options.min_id_length when set."
     )
     group_type: str = Field(
-        "company", min_length=1, description="Amplitude group type that Segment groupIds are recorded under (Accounts add-on)."
+        "company", min_length=1, description="Amplitude group type that Segment groupIds are recorded under (Accounts "
+                                             "add-on)."
     )
     product_purchased_events: bool = Field(
         True, description="Also send one `Product Purchased` event per product of an Order Completed event."
     )
     revenue_per_product: bool = Field(
-        True, description="Put Order Completed revenue on the Product Purchased events (price x quantity each) instead of on "
+        True, description="Put Order Completed revenue on the Product Purchased events (price x quantity each) instead "
+                          "of on "
         "the order event. Applies when every product has a price and product events are on."
     )
     user_mapping: bool = Field(
-        False, description="Send alias calls to the User Mapping API (/usermap; needs the Portfolio add-on). Off: alias is skipped."
+        False, description="Send alias calls to the User Mapping API (/usermap; needs the Portfolio add-on). Off: "
+                           "alias is skipped."
     )
 
     example = {"type": "amplitude", "api_key": "0123456789abcdef0123456789abcdef", "region": "eu", "user_mapping": True}
@@ -574,6 +583,7 @@ ADAPTER = Adapter(
     integration_names=("Amplitude", "Actions Amplitude", "Amplitude (Actions)"),
     limits=BatchLimits(max_events=MAX_EVENTS, max_bytes=5_000_000),
     classify=classify,
-    description="Amplitude: events, identifies and group identifies through HTTP V2 or Batch; aliases through User Mapping.",
+    description="Amplitude: events, identifies and group identifies through HTTP V2 or Batch; aliases through User "
+                "Mapping.",
 )
 

@@ -166,21 +166,26 @@ class Settings(DestinationSettings):
         None, description="Service account secret, paired with `service_account_username`."
     )
     project_id: int | None = Field(
-        None, ge=1, description="Numeric project id, required with a service account (sent as `project_id` query parameter)."
+        None, ge=1, description="Numeric project id, required with a service account (sent as `project_id` query "
+                                "parameter)."
     )
     region: Literal["us", "eu", "in"] = Field(
-        "us", description="Data residency of the project: us (api.mixpanel.com), eu (api-eu) or in (api-in). Used when `endpoint` is not set."
+        "us", description="Data residency of the project: us (api.mixpanel.com), eu (api-eu) or in (api-in). Used when "
+                          "`endpoint` is not set."
     )
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL of the ingestion API (default: the region's host). /import, /engage and /groups are appended."
+        None, description="Base URL of the ingestion API (default: the region's host). /import, /engage and /groups "
+                          "are appended."
     )
     id_merge: Literal["simplified", "original"] = Field(
-        "simplified", description="The project's ID Merge API: `simplified` (distinct_id userId or $device:<anonymousId>, "
+        "simplified", description="The project's ID Merge API: `simplified` (distinct_id userId or "
+                                  "$device:<anonymousId>, "
         "$device_id/$user_id on events, alias skipped) or `original` (distinct_id userId or anonymousId, $merge on "
         "identify, alias as $create_alias)."
     )
     strict: bool = Field(
-        True, description="Send /import with strict=1 so Mixpanel validates every record and answers failed_records (recommended)."
+        True, description="Send /import with strict=1 so Mixpanel validates every record and answers failed_records "
+                          "(recommended)."
     )
     page_event: str = Field("Loaded a Page", min_length=1, description="Event name for page calls.")
     screen_event: str = Field("Loaded a Screen", min_length=1, description="Event name for screen calls.")
@@ -192,16 +197,18 @@ class Settings(DestinationSettings):
         True, description="Also send one `Product Purchased` event per product of an Order Completed event."
     )
     track_revenue: bool = Field(
-        True, description="Append properties.revenue of track events (negative for Order Refunded) to the profile's $transactions."
+        True, description="Append properties.revenue of track events (negative for Order Refunded) to the profile's "
+                          "$transactions."
     )
 
     example = {"type": "mixpanel", "project_token": "0123456789abcdef0123456789abcdef", "region": "eu"}
 
     @model_validator(mode="after")
-    def _service_account_complete(self) -> "Settings":
+    def _service_account_complete(self) -> Settings:
         parts = (self.service_account_username, self.service_account_secret, self.project_id)
         if any(p is not None for p in parts) and not all(p is not None for p in parts):
-            raise ValueError("service account auth needs service_account_username, service_account_secret and project_id together")
+            raise ValueError("service account auth needs service_account_username, service_account_secret and "
+                             "project_id together")
         return self
 
     @property

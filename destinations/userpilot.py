@@ -74,10 +74,13 @@ INTEGRATION_NAMES = ("Userpilot", "Userpilot Cloud (Actions)", "Actions Userpilo
 
 class Settings(DestinationSettings):
     type: Literal["userpilot"] = Field("userpilot", description="Adapter type.")
-    api_key: SecretStr = Field(description="Userpilot API key (Settings > Environment), sent as `Authorization: Token <key>`.")
-    region: Literal["us", "eu"] = Field("us", description="Data residency: `us` (analytex) or `eu` (analytex-eu); picks the host when `endpoint` is not set.")
+    api_key: SecretStr = Field(description="Userpilot API key (Settings > Environment), sent as `Authorization: Token "
+                                           "<key>`.")
+    region: Literal["us", "eu"] = Field("us", description="Data residency: `us` (analytex) or `eu` (analytex-eu); "
+                                                          "picks the host when `endpoint` is not set.")
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL overriding the region's host, e.g. an enterprise endpoint from the Environment page, a proxy or a test server."
+        None, description="Base URL overriding the region's host, e.g. an enterprise endpoint from the Environment "
+                          "page, a proxy or a test server."
     )
 
     example = {"type": "userpilot", "api_key": "up_key_0123456789abcdef", "region": "us"}

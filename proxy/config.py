@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -274,13 +274,17 @@ class JetStreamSettings(_Model):
     publish_timeout: float = Field(
         10.0, gt=0, description="Longest wait for a PubAck (leader elections take 5-12 s); then 503 + Retry-After.")
     max_inflight: int = Field(256, ge=1, le=65536,
-                              description="Publishes in flight per instance; more requests wait (within publish_timeout).")
+                              description="Publishes in flight per instance; more requests wait (within "
+                                          "publish_timeout).")
     ack_wait: float = Field(
-        60.0, ge=1, description="How long a leased event stays with an instance that stopped answering (crashed) before "
+        60.0, ge=1, description="How long a leased event stays with an instance that stopped answering (crashed) "
+                                "before "
                                 "the cluster hands it to another one; live instances extend it while they work.")
     duplicate_window: float = Field(
-        120.0, ge=1, description="JetStream's own duplicate window (Nats-Msg-Id): a publish retried within it is stored "
-                                 "once. Must exceed publish_timeout. The (source, messageId) window is storage.dedup_window.")
+        120.0, ge=1, description="JetStream's own duplicate window (Nats-Msg-Id): a publish retried within it is "
+                                 "stored "
+                                 "once. Must exceed publish_timeout. The (source, messageId) window is "
+                                 "storage.dedup_window.")
 
     @field_validator("max_bytes", mode="before")
     @classmethod
@@ -443,7 +447,7 @@ def _filters_form(value: Any) -> str:
 # (evaluated in order by the delivery worker, proxy/governance/filters.py). The tags show in
 # pydantic's error locations; load_config removes them.
 Filters = Annotated[
-    Union[Annotated[FilterConfig, Tag("shorthands")], Annotated[list[FilterStep], Tag("steps")]],
+    Annotated[FilterConfig, Tag("shorthands")] | Annotated[list[FilterStep], Tag("steps")],
     Discriminator(_filters_form),
 ]
 _FILTER_TAGS = ("shorthands", "steps")
@@ -539,7 +543,7 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self, info: ValidationInfo) -> "Config":
+    def _cross_checks(self, info: ValidationInfo) -> Config:
         # load_config reports these itself, each at its own line, together with the field errors
         if not (info.context or {}).get("cross_checked"):
             problems = cross_reference(self.model_dump(include={"sources", "destinations"}))

@@ -420,13 +420,13 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     for index, message in enumerate(messages):
         event = message.event
         if event.get("type") == "alias":
-            mapping = _alias(event, settings)
-            if isinstance(mapping, Skip):
-                built.skips.append(Skip(index, mapping.reason))
-            elif isinstance(mapping, str):
-                built.rejects.append(Reject(index, mapping))
+            alias = _alias(event, settings)
+            if isinstance(alias, Skip):
+                built.skips.append(Skip(index, alias.reason))
+            elif isinstance(alias, str):
+                built.rejects.append(Reject(index, alias))
             else:
-                mappings.append((index, json_body(mapping)))
+                mappings.append((index, json_body(alias)))
             continue
         plan = _plan(event, settings)
         if isinstance(plan, Skip):
@@ -535,8 +535,8 @@ def _classify_events(request: Request, response: Response) -> Outcome:
         retry_after = parse_retry_after(response.header("Retry-After"))
         if retry_after is None:
             retry_after = THROTTLE_PAUSE[api]
-        throttled = len(body.get("throttled_users") or {}) + len(body.get("throttled_devices") or {})
-        reason = (f"HTTP 429: {body.get('error') or 'throttled'} ({throttled} users/devices over "
+        over = len(body.get("throttled_users") or {}) + len(body.get("throttled_devices") or {})
+        reason = (f"HTTP 429: {body.get('error') or 'throttled'} ({over} users/devices over "
                   f"{body.get('eps_threshold', 30)} events/s)")
         return Outcome(Verdict.RETRY, reason, retry_after)
     if response.status != 400:
@@ -549,7 +549,7 @@ def _classify_events(request: Request, response: Response) -> Outcome:
         return Outcome(Verdict.PERMANENT, f"HTTP 400: {body_excerpt(response.body)}")
     per_message: dict[int, MessageOutcome] = {}
     error = body.get("error") or "invalid event"
-    fields = {}
+    fields: dict[int, list[str]] = {}
     for key in ("events_with_invalid_fields", "events_with_missing_fields"):
         value = body.get(key)
         if isinstance(value, Mapping):

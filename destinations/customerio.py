@@ -307,7 +307,8 @@ def _view_name(event: Mapping[str, Any], kind: str) -> str:
     page = context(event).get("page")
     page = page if isinstance(page, Mapping) else {}
     if kind == "page":
-        candidates = (props.get("url"), page.get("url"), event.get("name"), props.get("path"), page.get("path"))
+        candidates: tuple[Any, ...] = (props.get("url"), page.get("url"), event.get("name"), props.get("path"),
+                                       page.get("path"))
     else:
         candidates = (event.get("name"), props.get("name"))
     for candidate in candidates:
@@ -361,7 +362,8 @@ def _group(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     group = event.get("groupId")
     if group in (None, ""):
         raise RejectMessage("group call without groupId: Customer.io needs an object_id")
-    traits = event.get("traits") if isinstance(event.get("traits"), Mapping) else {}
+    raw_traits = event.get("traits")
+    traits: Mapping[str, Any] = raw_traits if isinstance(raw_traits, Mapping) else {}
     object_type = settings.object_type_id
     for key in _OBJECT_TYPE_KEYS:
         if traits.get(key) not in (None, ""):

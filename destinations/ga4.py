@@ -512,7 +512,7 @@ def _backdated(event: Mapping[str, Any], mapped: Mapping[str, Any]) -> bool:
     micros = mapped.get("timestamp_micros")
     if received is None or micros is None:
         return False
-    return received.timestamp() * 1_000_000 - micros > MAX_BACKDATE_MICROS
+    return bool(received.timestamp() * 1_000_000 - micros > MAX_BACKDATE_MICROS)
 
 
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
@@ -531,7 +531,10 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             continue
         mapped, reason, skip = map_event(event, settings)
         if mapped is None:
-            (built.skips if skip else built.rejects).append((Skip if skip else Reject)(i, reason or "unsupported"))
+            if skip:
+                built.skips.append(Skip(i, reason or "unsupported"))
+            else:
+                built.rejects.append(Reject(i, reason or "unsupported"))
             continue
         items = mapped["params"].get("items")
         if isinstance(items, list) and len(items) > MAX_ITEMS:

@@ -58,7 +58,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -395,7 +395,7 @@ def _nesting_problem(value: Any, depth: int) -> str | None:
     if isinstance(value, Mapping):
         if depth > 0 and len(value) > MAX_KEYS:
             return f"a nested object has {len(value)} keys; Mixpanel accepts fewer than 255"
-        children = value.values()
+        children: Iterable[Any] = value.values()
     elif isinstance(value, list):
         if len(value) > MAX_ARRAY:
             return f"an array property has {len(value)} elements; Mixpanel accepts fewer than 255"
@@ -465,7 +465,7 @@ def _plan(event: Mapping[str, Any], settings: Settings) -> _Planned | Skip | str
             plan.engage.append({**_profile_base(event, ids, time_ms, settings),
                                 "$append": {"$transactions": transaction}})
     elif kind in ("page", "screen"):
-        props: dict[str, Any] = {}
+        props = {}
         for key in ("name", "category"):
             if event.get(key) not in (None, ""):
                 props[key] = event[key]
@@ -478,7 +478,7 @@ def _plan(event: Mapping[str, Any], settings: Settings) -> _Planned | Skip | str
             plan.engage.append({**_profile_base(event, ids, time_ms, settings), "$set": traits})
         if ids.user is not None and ids.device is not None:
             if settings.id_merge == "simplified":
-                link = {"$anon_distinct_id": f"$device:{ids.device}"}
+                link: dict[str, Any] = {"$anon_distinct_id": f"$device:{ids.device}"}
                 plan.imports.append(_event_record("$identify", event, link, ids, time_ms, iid, settings, False))
             else:
                 link = {"$distinct_ids": [ids.user, ids.device]}
@@ -550,14 +550,14 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         }
         problem = None
         for endpoint, records in (("import", plan.imports), ("engage", plan.engage), ("groups", plan.groups)):
-            for record, data in zip(records, encoded[endpoint]):
+            for record, data in zip(records, encoded[endpoint], strict=True):
                 problem = problem or _limit_problem(record, data)
         if problem:
             built.rejects.append(Reject(index, problem))
             continue
-        for endpoint, records in encoded.items():
-            if records:
-                per_endpoint[endpoint].append((index, records))
+        for endpoint, bodies in encoded.items():
+            if bodies:
+                per_endpoint[endpoint].append((index, bodies))
 
     import_headers = {"Content-Type": "application/json", "Authorization": settings.import_auth()}
     plain_headers = {"Content-Type": "application/json"}
@@ -616,8 +616,8 @@ def _classify_import(request: Request, response: Response) -> Outcome:
     if positions is None:
         return Outcome(Verdict.PERMANENT, f"HTTP 400 with failed_records that cannot be mapped to messages: {body_excerpt(response.body)}")
     by_insert_id: dict[str, int] = {}
-    for record, message in zip(orjson.loads(request.body or b"[]"), positions):
-        by_insert_id.setdefault(str(record.get("properties", {}).get("$insert_id")), message)
+    for record, position in zip(orjson.loads(request.body or b"[]"), positions, strict=False):
+        by_insert_id.setdefault(str(record.get("properties", {}).get("$insert_id")), position)
     per_message: dict[int, MessageOutcome] = {}
     for item in failed:
         if not isinstance(item, Mapping):

@@ -134,8 +134,9 @@ def order_value(properties: Mapping[str, Any]) -> float | None:
             return number
     items = products(properties)
     prices = [(to_number(p.get("price")), quantity(p)) for p in items]
-    if items and all(price is not None for price, _ in prices):
-        return round(sum(price * q for price, q in prices), 10)  # type: ignore[operator]
+    known = [(price, q) for price, q in prices if price is not None]
+    if items and len(known) == len(prices):
+        return round(sum(price * q for price, q in known), 10)
     return None
 
 

@@ -157,8 +157,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                 built.skips.append(Skip(i, "identify without userId: Userpilot's API needs an identified user_id"))
                 continue
             traits = traits_of(event)
-            company = traits.get("company")
-            has_company = isinstance(company, Mapping) and company.get("id") not in (None, "")
+            raw_company = traits.get("company")
+            company: Mapping[str, Any] = raw_company if isinstance(raw_company, Mapping) else {}
+            has_company = company.get("id") not in (None, "")
             payload: dict[str, Any] = {"user_id": uid, "metadata": _profile(traits, drop=("company",) if has_company else ())}
             if has_company:
                 rest = {k: v for k, v in company.items() if k != "id"}
@@ -182,8 +183,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             if group in (None, ""):
                 built.rejects.append(Reject(i, "group call without groupId: Userpilot requires company_id"))
                 continue
-            traits = event.get("traits") if isinstance(event.get("traits"), Mapping) else {}
-            post("/v1/companies/identify", {"company_id": str(group), "metadata": _profile(traits)}, i)
+            raw_traits = event.get("traits")
+            group_traits: Mapping[str, Any] = raw_traits if isinstance(raw_traits, Mapping) else {}
+            post("/v1/companies/identify", {"company_id": str(group), "metadata": _profile(group_traits)}, i)
             if uid:
                 post("/v1/identify", {"user_id": uid, "company": {"id": str(group)}}, i)
         elif kind in ("page", "screen"):

@@ -363,7 +363,7 @@ def all_optional(model: type[BaseModel], name: str, doc: str) -> type[_Model]:
     parsing and description: the override form of a settings model."""
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
-        inner = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        inner: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
         fields[field_name] = (inner | None, Field(None, description=info.description))
     derived = create_model(name, __base__=_Model, __doc__=doc, __module__=__name__, **fields)
     derived.__defaults_model__ = model  # type: ignore[attr-defined]  # the docs show its defaults

@@ -379,7 +379,7 @@ class MemorySpool(Spool):
                 progress(count)
         return count
 
-    async def stats(self, destinations: Sequence[str] = ()) -> Stats:
+    async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
         store = self.store
         names = set(destinations) | set(await self.known_destinations())
         per: dict[str, DestinationStats] = {name: DestinationStats() for name in names}
@@ -449,7 +449,8 @@ class MemorySpool(Spool):
                 rec.settled_at = now
             elif not done:
                 rec.settled_at = None
-            if done and (pressure or self.retention <= 0 or now - rec.settled_at >= self.retention):
+            settled = rec.settled_at
+            if done and (pressure or self.retention <= 0 or (settled is not None and now - settled >= self.retention)):
                 continue
             keep.append(rec)
         store.log = keep

@@ -500,13 +500,23 @@ class LoggingConfig(_Model):
 
 
 class Config(_Model):
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    storage: StorageConfig = Field(default_factory=EmbeddedStorage)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    sources: list[SourceConfig] = Field(min_length=1)
-    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Defaults for every destination.")
-    destinations: list[DestinationConfig] = Field(default_factory=list)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig, description="The Tracking API listener.")
+    storage: StorageConfig = Field(
+        default_factory=EmbeddedStorage,
+        description="Where accepted events are kept until every destination has them.")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="What ingest accepts; larger or deeper input is refused with a 4xx JSON error.")
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="Who may send events: a list of sources, each with its own write keys.")
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig,
+        description="Batching, retries and rate for every destination; a destination's own `delivery:` wins key "
+                    "by key. Every key is optional.")
+    destinations: list[DestinationConfig] = Field(
+        default_factory=list, description="Where events go: a list of destinations, each with its adapter's "
+                                          "`settings` (see [Destinations](#destinations)).")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs go to stderr, one line per event.")
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Config:
@@ -535,7 +545,8 @@ def cross_reference(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]
         name = src.get("name")
         if isinstance(name, str) and name:
             if name in seen:
-                problems.append((("sources", i, "name"), f"source name {name!r} is already used by sources.{seen[name]}"))
+                problems.append((("sources", i, "name"),
+                                 f"source name {name!r} is already used by sources.{seen[name]}"))
             else:
                 seen[name] = i
     keys: dict[str, tuple[int, int]] = {}
@@ -547,8 +558,8 @@ def cross_reference(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]
             if key in keys:
                 first = keys[key]
                 problems.append((("sources", i, "write_keys", j),
-                                 f"this write key is also sources.{first[0]}.write_keys.{first[1]}; a key "
-                                 "must belong to one source"))
+                                 (f"this write key is also sources.{first[0]}.write_keys.{first[1]}; a key "
+                                  "must belong to one source")))
             else:
                 keys[key] = (i, j)
     dests = entries("destinations")

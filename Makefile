@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONFIG ?= config/trackrelay.yaml
 
-.PHONY: venv install install-test run test test-image check bench clean
+.PHONY: venv install install-test run test lint docs test-image check bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,18 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(VENV)/bin/trackrelay check --config $(CONFIG)
 
-test: install-test
+test: install-test lint
 	$(PY) -m pytest -q -ra -m "not image" $(PYTEST_ARGS)
+
+# ruff over the whole repository and mypy as configured in pyproject.toml (strict for destinations/
+# and the spool port); both before the tests, so CI fails fast.
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# README.md's configuration reference and settings tables, from the models (proxy/docs.py)
+docs: $(VENV)/.installed
+	$(VENV)/bin/trackrelay docs
 
 # Builds the container image (debootstrap base, buildah) and runs tests/image with podman; installs
 # podman/buildah/debootstrap/runc with apt if missing; says loudly when podman cannot run here.

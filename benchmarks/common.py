@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,7 @@ class CpuMeter:
         self.disk_path = disk_path
         self.disk_mbs = 0.0
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.t0, self.s0, self.b0, self.c0 = time.monotonic(), tree_cpu(self.pid), system_busy(), children_cpu()
         self.d0 = disk_written(self.disk_path) if self.disk_path else 0
         return self
@@ -630,7 +631,7 @@ def _validator() -> Any:
     a generated messageId if it had none, or its rejection reason. Returns ``validate(body,
     call_type) -> (status, patch or error code, accepted)``."""
     import uuid
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import msgspec
 
@@ -665,7 +666,7 @@ def _validator() -> Any:
         except ValueError:
             return None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return dt.timestamp()
 
     null = raw(b"null")
@@ -913,7 +914,7 @@ async def _load(url: str, per: int, run_id: str, connections: int, duration: flo
                             if retry_after:
                                 with contextlib.suppress(ValueError):
                                     wait = float(r.headers.get("Retry-After", "1"))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 errors += 1
                 continue
             lat.append(time.monotonic() - t0)
@@ -976,7 +977,7 @@ async def _paced(url: str, rate: float, duration: float, run_id: str, senders: i
                         send_lat.append(time.monotonic() - t0)
                     else:
                         failures += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 failures += 1
 
     conn = aiohttp.TCPConnector(limit=senders)

@@ -49,14 +49,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     PYTHON,
     CpuMeter,
-    code_version,
-    machine,
     Procs,
+    code_version,
     free_port,
     http_get,
+    machine,
     percentile,
     proc_cpu,
     proc_status,

@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import code_version, machine, percentile, proc_io, sample_body  # noqa: E402
+from common import code_version, machine, percentile, proc_io, sample_body
 
 STORES = ["sqlite", "lmdb", "segments"]
 LOADS = {"batch": "4 x 110 KB bodies per commit, one committer",

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import track_event  # noqa: E402
-from proxy.governance.filters import DestinationPipeline  # noqa: E402
-from proxy.governance.models import FilterStep  # noqa: E402
-from proxy.governance.plans import SourcePlan, TrackingPlan  # noqa: E402
+from benchmarks.common import track_event
+from proxy.governance.filters import DestinationPipeline
+from proxy.governance.models import FilterStep
+from proxy.governance.plans import SourcePlan, TrackingPlan
 
 STEPS = [
     # 5 conditions in 3 steps

@@ -49,26 +49,26 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     PYTHON,
     CpuMeter,
-    compact,
-    code_version,
-    machine,
     Procs,
+    code_version,
+    compact,
     floor_stored,
     free_port,
     have_wrk,
-    tree_status,
-    tree_written,
+    machine,
     run_wrk,
     sample_body,
     spool_stats,
     start_helper,
     start_trackrelay,
     track_event,
-    wrk_script,
+    tree_status,
+    tree_written,
     write_config,
+    wrk_script,
 )
 
 MODES = {"single": 1, "batch": 100}
@@ -309,7 +309,8 @@ def summary(results: list[dict[str, Any]], ceiling: float, cost: dict[str, float
     print()
     print("KB/event = bytes the server's processes wrote to storage (/proc/PID/io write_bytes - cancelled_write_bytes, "
           "summed, warm-up included) / events stored (the spool's `events`, or the floor's log).")
-    print("vs floor = single: req/s / the durable floor's; batch: events/s / the validating floor's (one process each). "
+    print("vs floor = single: req/s / the durable floor's; batch: events/s / the validating floor's (one process "
+          "each). "
           "vs bare = against the one-process bare server; vs bare/n = against the bare server with as many processes.")
     print("trackrelay+dest = one webhook destination (closed port, paused after its first failure): "
           "routing and queueing cost included, sending not.")

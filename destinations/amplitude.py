@@ -128,34 +128,43 @@ CONTEXT_FIELDS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 class Settings(DestinationSettings):
     type: Literal["amplitude"] = Field("amplitude", description="Adapter type.")
-    api_key: SecretStr = Field(description="Amplitude project API key (sent in the request body, as Amplitude requires).")
+    api_key: SecretStr = Field(description="Amplitude project API key (sent in the request body, as Amplitude "
+                                           "requires).")
     region: Literal["us", "eu"] = Field(
-        "us", description="Data center of the project: us (api2.amplitude.com) or eu (api.eu.amplitude.com). Used when `endpoint` is not set."
+        "us", description="Data center of the project: us (api2.amplitude.com) or eu (api.eu.amplitude.com). Used when "
+                          "`endpoint` is not set."
     )
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL for every Amplitude path (/2/httpapi, /batch, /usermap); default: the region's host."
+        None, description="Base URL for every Amplitude path (/2/httpapi, /batch, /usermap); default: the region's "
+                          "host."
     )
     api: Literal["http_v2", "batch"] = Field(
-        "http_v2", description="`http_v2` (POST /2/httpapi, 1 MB per request) or `batch` (POST /batch, 20 MB, for high volume)."
+        "http_v2", description="`http_v2` (POST /2/httpapi, 1 MB per request) or `batch` (POST /batch, 20 MB, for high "
+                               "volume)."
     )
     max_events_per_request: int = Field(
-        MAX_EVENTS, ge=1, le=MAX_EVENTS, description="Events per request (at most 2000; Amplitude asks Starter plans for 10)."
+        MAX_EVENTS, ge=1, le=MAX_EVENTS, description="Events per request (at most 2000; Amplitude asks Starter plans "
+                                                     "for 10)."
     )
     min_id_length: int | None = Field(
-        None, ge=1, description="Minimum user_id/device_id length (Amplitude's default is 5); sent as options.min_id_length when set."
+        None, ge=1, description="Minimum user_id/device_id length (Amplitude's default is 5); sent as "
+                                "options.min_id_length when set."
     )
     group_type: str = Field(
-        "company", min_length=1, description="Amplitude group type that Segment groupIds are recorded under (Accounts add-on)."
+        "company", min_length=1, description="Amplitude group type that Segment groupIds are recorded under (Accounts "
+                                             "add-on)."
     )
     product_purchased_events: bool = Field(
         True, description="Also send one `Product Purchased` event per product of an Order Completed event."
     )
     revenue_per_product: bool = Field(
-        True, description="Put Order Completed revenue on the Product Purchased events (price x quantity each) instead of on "
+        True, description="Put Order Completed revenue on the Product Purchased events (price x quantity each) instead "
+                          "of on "
         "the order event. Applies when every product has a price and product events are on."
     )
     user_mapping: bool = Field(
-        False, description="Send alias calls to the User Mapping API (/usermap; needs the Portfolio add-on). Off: alias is skipped."
+        False, description="Send alias calls to the User Mapping API (/usermap; needs the Portfolio add-on). Off: "
+                           "alias is skipped."
     )
 
     example = {"type": "amplitude", "api_key": "0123456789abcdef0123456789abcdef", "region": "eu", "user_mapping": True}
@@ -411,13 +420,13 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     for index, message in enumerate(messages):
         event = message.event
         if event.get("type") == "alias":
-            mapping = _alias(event, settings)
-            if isinstance(mapping, Skip):
-                built.skips.append(Skip(index, mapping.reason))
-            elif isinstance(mapping, str):
-                built.rejects.append(Reject(index, mapping))
+            alias = _alias(event, settings)
+            if isinstance(alias, Skip):
+                built.skips.append(Skip(index, alias.reason))
+            elif isinstance(alias, str):
+                built.rejects.append(Reject(index, alias))
             else:
-                mappings.append((index, json_body(mapping)))
+                mappings.append((index, json_body(alias)))
             continue
         plan = _plan(event, settings)
         if isinstance(plan, Skip):
@@ -526,8 +535,8 @@ def _classify_events(request: Request, response: Response) -> Outcome:
         retry_after = parse_retry_after(response.header("Retry-After"))
         if retry_after is None:
             retry_after = THROTTLE_PAUSE[api]
-        throttled = len(body.get("throttled_users") or {}) + len(body.get("throttled_devices") or {})
-        reason = (f"HTTP 429: {body.get('error') or 'throttled'} ({throttled} users/devices over "
+        over = len(body.get("throttled_users") or {}) + len(body.get("throttled_devices") or {})
+        reason = (f"HTTP 429: {body.get('error') or 'throttled'} ({over} users/devices over "
                   f"{body.get('eps_threshold', 30)} events/s)")
         return Outcome(Verdict.RETRY, reason, retry_after)
     if response.status != 400:
@@ -540,7 +549,7 @@ def _classify_events(request: Request, response: Response) -> Outcome:
         return Outcome(Verdict.PERMANENT, f"HTTP 400: {body_excerpt(response.body)}")
     per_message: dict[int, MessageOutcome] = {}
     error = body.get("error") or "invalid event"
-    fields = {}
+    fields: dict[int, list[str]] = {}
     for key in ("events_with_invalid_fields", "events_with_missing_fields"):
         value = body.get(key)
         if isinstance(value, Mapping):
@@ -574,6 +583,7 @@ ADAPTER = Adapter(
     integration_names=("Amplitude", "Actions Amplitude", "Amplitude (Actions)"),
     limits=BatchLimits(max_events=MAX_EVENTS, max_bytes=5_000_000),
     classify=classify,
-    description="Amplitude: events, identifies and group identifies through HTTP V2 or Batch; aliases through User Mapping.",
+    description="Amplitude: events, identifies and group identifies through HTTP V2 or Batch; aliases through User "
+                "Mapping.",
 )
 

@@ -28,13 +28,14 @@ engine calls :func:`at_send_time` on every attempt, retries included, as the SDK
 
 from __future__ import annotations
 
+import builtins
 import email.utils
 import enum
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -84,11 +85,11 @@ class Message:
 
     @property
     def type(self) -> str:
-        return self.event.get("type", "")
+        return str(self.event.get("type", ""))
 
     @property
     def message_id(self) -> str:
-        return self.event.get("messageId", "")
+        return str(self.event.get("messageId", ""))
 
     def __repr__(self) -> str:
         return f"Message(source={self.source!r}, type={self.type!r}, messageId={self.message_id!r})"
@@ -297,15 +298,22 @@ class BatchLimits:
     max_bytes: int = 5 * 1024 * 1024
 
 
-BuildFn = Callable[[Sequence[Message], Any], Built]
+S = TypeVar("S", bound=DestinationSettings)
+
+# (messages, the adapter's own Settings) -> Built
+BuildFn = Callable[[Sequence[Message], S], Built]
 ClassifyFn = Callable[[Request, Response], Outcome]
 
 
 @dataclass(frozen=True)
-class Adapter:
+class Adapter(Generic[S]):
+    """One destination type. Generic over its Settings model, so the type checker holds each
+    adapter's ``build_requests`` to the Settings it declares (``Adapter(settings=Settings,
+    build_requests=build_requests)`` infers ``Adapter[Settings]``)."""
+
     type: str
-    settings: type[DestinationSettings]
-    build_requests: BuildFn
+    settings: builtins.type[S]  # `type` is a field here
+    build_requests: BuildFn[S]
     integration_names: tuple[str, ...] = ()
     limits: BatchLimits = BatchLimits()
     classify: ClassifyFn = default_classify
@@ -316,7 +324,7 @@ class Adapter:
     # downstream destinations, it does not stop the event reaching Segment (as in analytics.js).
     honours_all: bool = True
 
-    def validate_settings(self, raw: Mapping[str, Any]) -> DestinationSettings:
+    def validate_settings(self, raw: Mapping[str, Any]) -> S:
         data = dict(raw)
         data.setdefault("type", self.type)
         return self.settings.model_validate(data)

@@ -153,29 +153,35 @@ class Settings(DestinationSettings):
         None, description="Track API Site ID (Basic auth user). Required in `track` mode, unused in `pipelines` mode."
     )
     api_key: SecretStr = Field(
-        description="`track` mode: the Track API key paired with `site_id`. `pipelines` mode: the API key of a Data Pipelines HTTP source."
+        description="`track` mode: the Track API key paired with `site_id`. `pipelines` mode: the API key of a Data "
+                    "Pipelines HTTP source."
     )
-    region: Literal["us", "eu"] = Field("us", description="Customer.io account region; picks the host when `endpoint` is not set.")
+    region: Literal["us", "eu"] = Field("us", description="Customer.io account region; picks the host when `endpoint` "
+                                                          "is not set.")
     endpoint: AnyHttpUrl | None = Field(
         None,
-        description="Base URL overriding the region's host (API paths are appended), e.g. for a proxy or a test server.",
+        description="Base URL overriding the region's host (API paths are appended), e.g. for a proxy or a test "
+                    "server.",
     )
     object_type_id: str = Field(
         "1", pattern=r"^[1-9][0-9]*$",
-        description="Customer.io object type that Segment groups (accounts) become (`1` is the first type, usually Companies). "
+        description="Customer.io object type that Segment groups (accounts) become (`1` is the first type, usually "
+                    "Companies). "
         "A group call's traits.object_type_id / traits.objectTypeId overrides it.",
     )
     convert_timestamps: bool = Field(
-        True, description="Convert ISO 8601 date strings in attributes and event data to unix seconds, the only date form Customer.io segments on."
+        True, description="Convert ISO 8601 date strings in attributes and event data to unix seconds, the only date "
+                          "form Customer.io segments on."
     )
     strict_mode: bool = Field(
-        True, description="`pipelines` mode: send `X-Strict-Mode: 1` so invalid payloads are answered 400/401 instead of a 200 that drops them."
+        True, description="`pipelines` mode: send `X-Strict-Mode: 1` so invalid payloads are answered 400/401 instead "
+                          "of a 200 that drops them."
     )
 
     example = {"type": "customerio", "site_id": "3f2a9c0d1e", "api_key": "trk_key_0123456789", "region": "us"}
 
     @model_validator(mode="after")
-    def _site_id_for_track(self) -> "Settings":
+    def _site_id_for_track(self) -> Settings:
         if self.mode == "track" and (self.site_id is None or not self.site_id.get_secret_value()):
             raise ValueError("site_id is required when mode is track")
         return self
@@ -301,7 +307,8 @@ def _view_name(event: Mapping[str, Any], kind: str) -> str:
     page = context(event).get("page")
     page = page if isinstance(page, Mapping) else {}
     if kind == "page":
-        candidates = (props.get("url"), page.get("url"), event.get("name"), props.get("path"), page.get("path"))
+        candidates: tuple[Any, ...] = (props.get("url"), page.get("url"), event.get("name"), props.get("path"),
+                                       page.get("path"))
     else:
         candidates = (event.get("name"), props.get("name"))
     for candidate in candidates:
@@ -355,7 +362,8 @@ def _group(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     group = event.get("groupId")
     if group in (None, ""):
         raise RejectMessage("group call without groupId: Customer.io needs an object_id")
-    traits = event.get("traits") if isinstance(event.get("traits"), Mapping) else {}
+    raw_traits = event.get("traits")
+    traits: Mapping[str, Any] = raw_traits if isinstance(raw_traits, Mapping) else {}
     object_type = settings.object_type_id
     for key in _OBJECT_TYPE_KEYS:
         if traits.get(key) not in (None, ""):
@@ -533,5 +541,6 @@ ADAPTER = Adapter(
     integration_names=INTEGRATION_NAMES,
     limits=BatchLimits(max_events=MAX_BATCH_ENTRIES, max_bytes=MAX_BATCH_BYTES),
     classify=classify,
-    description="Customer.io people, events, accounts (objects) and merges via the Track API (v2 batch) or the Data Pipelines API.",
+    description="Customer.io people, events, accounts (objects) and merges via the Track API (v2 batch) or the Data "
+                "Pipelines API.",
 )

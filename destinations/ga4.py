@@ -185,35 +185,46 @@ class Settings(DestinationSettings):
     type: Literal["ga4"] = Field("ga4", description="Adapter type.")
     measurement_id: str = Field(
         pattern=r"^G-[A-Z0-9]+$",
-        description="Measurement ID of the GA4 web data stream (Admin > Data streams > stream > Measurement ID, `G-XXXXXXX`).",
+        description="Measurement ID of the GA4 web data stream (Admin > Data streams > stream > Measurement ID, "
+                    "`G-XXXXXXX`).",
     )
     api_secret: SecretStr = Field(
-        description="Measurement Protocol API secret of that stream (Admin > Data streams > stream > Measurement Protocol API secrets). GA4 only takes it as a URL query parameter; trackrelay redacts it from logs.",
+        description="Measurement Protocol API secret of that stream (Admin > Data streams > stream > Measurement "
+                    "Protocol API secrets). GA4 only takes it as a URL query parameter; trackrelay redacts it from "
+                    "logs.",
     )
     region: Literal["global", "eu"] = Field(
-        "global", description="`eu` collects through region1.google-analytics.com (EU data collection); used when `endpoint` is not set."
+        "global", description="`eu` collects through region1.google-analytics.com (EU data collection); used when "
+                              "`endpoint` is not set."
     )
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL of the Measurement Protocol host (default: the region's Google host); /mp/collect is appended."
+        None, description="Base URL of the Measurement Protocol host (default: the region's Google host); /mp/collect "
+                          "is appended."
     )
     debug_validation: bool = Field(
         False,
-        description="Send to the validation server (/debug/mp/collect) instead of /mp/collect: nothing is recorded in GA4, and every event Google reports in validationMessages fails with that message. For checking a setup, not for production.",
+        description="Send to the validation server (/debug/mp/collect) instead of /mp/collect: nothing is recorded in "
+                    "GA4, and every event Google reports in validationMessages fails with that message. For checking a "
+                    "setup, not for production.",
     )
     engagement_time_msec: int | None = Field(
         1, ge=1,
-        description="engagement_time_msec put on events that carry none (GA4 needs it to count the user as active, e.g. in Realtime); null to leave it out.",
+        description="engagement_time_msec put on events that carry none (GA4 needs it to count the user as active, "
+                    "e.g. in Realtime); null to leave it out.",
     )
     ip_override: bool = Field(
-        True, description="Send context.ip as ip_override so GA4 derives geolocation from the visitor's address rather than trackrelay's."
+        True, description="Send context.ip as ip_override so GA4 derives geolocation from the visitor's address rather "
+                          "than trackrelay's."
     )
     user_property_traits: list[str] = Field(
         default_factory=list,
-        description="Trait names copied from context.traits into user_properties on each event (an allow-list: Google forbids personal data such as emails in GA4). properties.user_properties is always sent.",
+        description="Trait names copied from context.traits into user_properties on each event (an allow-list: Google "
+                    "forbids personal data such as emails in GA4). properties.user_properties is always sent.",
     )
     screen_event_name: str | None = Field(
         None,
-        description="Send screen calls as this custom event (with screen_name); by default screen calls are skipped because GA4 reserves screen_view.",
+        description="Send screen calls as this custom event (with screen_name); by default screen calls are skipped "
+                    "because GA4 reserves screen_view.",
     )
 
     example = {"type": "ga4", "measurement_id": "G-ABC123XYZ", "api_secret": "mp-secret-value-1"}
@@ -501,7 +512,7 @@ def _backdated(event: Mapping[str, Any], mapped: Mapping[str, Any]) -> bool:
     micros = mapped.get("timestamp_micros")
     if received is None or micros is None:
         return False
-    return received.timestamp() * 1_000_000 - micros > MAX_BACKDATE_MICROS
+    return bool(received.timestamp() * 1_000_000 - micros > MAX_BACKDATE_MICROS)
 
 
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
@@ -511,7 +522,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         event = msg.event
         client_id = _client_id(event)
         if client_id is None:
-            built.rejects.append(Reject(i, "GA4 needs a client_id: the event has no anonymousId, userId or clientId option"))
+            built.rejects.append(Reject(i, "GA4 needs a client_id: the event has no anonymousId, userId or clientId "
+                                           "option"))
             continue
         user = semantic.user_id(event)
         if user is not None and len(user) > MAX_USER_ID:
@@ -519,7 +531,10 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             continue
         mapped, reason, skip = map_event(event, settings)
         if mapped is None:
-            (built.skips if skip else built.rejects).append((Skip if skip else Reject)(i, reason or "unsupported"))
+            if skip:
+                built.skips.append(Skip(i, reason or "unsupported"))
+            else:
+                built.rejects.append(Reject(i, reason or "unsupported"))
             continue
         items = mapped["params"].get("items")
         if isinstance(items, list) and len(items) > MAX_ITEMS:
@@ -527,7 +542,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             built.note(i, f"items truncated: {len(items)} products, GA4 keeps {MAX_ITEMS} per event; sent the "
                           f"first {MAX_ITEMS} (value and currency are the whole order's)")
         if _backdated(event, mapped):
-            built.rejects.append(Reject(i, "event time is more than 72 hours before it was received; GA4 drops events backdated past 72 hours"))
+            built.rejects.append(Reject(i, "event time is more than 72 hours before it was received; GA4 drops events "
+                                           "backdated past 72 hours"))
             continue
         head: dict[str, Any] = {"client_id": client_id}
         if user is not None:

@@ -58,7 +58,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -166,21 +166,26 @@ class Settings(DestinationSettings):
         None, description="Service account secret, paired with `service_account_username`."
     )
     project_id: int | None = Field(
-        None, ge=1, description="Numeric project id, required with a service account (sent as `project_id` query parameter)."
+        None, ge=1, description="Numeric project id, required with a service account (sent as `project_id` query "
+                                "parameter)."
     )
     region: Literal["us", "eu", "in"] = Field(
-        "us", description="Data residency of the project: us (api.mixpanel.com), eu (api-eu) or in (api-in). Used when `endpoint` is not set."
+        "us", description="Data residency of the project: us (api.mixpanel.com), eu (api-eu) or in (api-in). Used when "
+                          "`endpoint` is not set."
     )
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL of the ingestion API (default: the region's host). /import, /engage and /groups are appended."
+        None, description="Base URL of the ingestion API (default: the region's host). /import, /engage and /groups "
+                          "are appended."
     )
     id_merge: Literal["simplified", "original"] = Field(
-        "simplified", description="The project's ID Merge API: `simplified` (distinct_id userId or $device:<anonymousId>, "
+        "simplified", description="The project's ID Merge API: `simplified` (distinct_id userId or "
+                                  "$device:<anonymousId>, "
         "$device_id/$user_id on events, alias skipped) or `original` (distinct_id userId or anonymousId, $merge on "
         "identify, alias as $create_alias)."
     )
     strict: bool = Field(
-        True, description="Send /import with strict=1 so Mixpanel validates every record and answers failed_records (recommended)."
+        True, description="Send /import with strict=1 so Mixpanel validates every record and answers failed_records "
+                          "(recommended)."
     )
     page_event: str = Field("Loaded a Page", min_length=1, description="Event name for page calls.")
     screen_event: str = Field("Loaded a Screen", min_length=1, description="Event name for screen calls.")
@@ -192,16 +197,18 @@ class Settings(DestinationSettings):
         True, description="Also send one `Product Purchased` event per product of an Order Completed event."
     )
     track_revenue: bool = Field(
-        True, description="Append properties.revenue of track events (negative for Order Refunded) to the profile's $transactions."
+        True, description="Append properties.revenue of track events (negative for Order Refunded) to the profile's "
+                          "$transactions."
     )
 
     example = {"type": "mixpanel", "project_token": "0123456789abcdef0123456789abcdef", "region": "eu"}
 
     @model_validator(mode="after")
-    def _service_account_complete(self) -> "Settings":
+    def _service_account_complete(self) -> Settings:
         parts = (self.service_account_username, self.service_account_secret, self.project_id)
         if any(p is not None for p in parts) and not all(p is not None for p in parts):
-            raise ValueError("service account auth needs service_account_username, service_account_secret and project_id together")
+            raise ValueError("service account auth needs service_account_username, service_account_secret and "
+                             "project_id together")
         return self
 
     @property
@@ -388,7 +395,7 @@ def _nesting_problem(value: Any, depth: int) -> str | None:
     if isinstance(value, Mapping):
         if depth > 0 and len(value) > MAX_KEYS:
             return f"a nested object has {len(value)} keys; Mixpanel accepts fewer than 255"
-        children = value.values()
+        children: Iterable[Any] = value.values()
     elif isinstance(value, list):
         if len(value) > MAX_ARRAY:
             return f"an array property has {len(value)} elements; Mixpanel accepts fewer than 255"
@@ -458,7 +465,7 @@ def _plan(event: Mapping[str, Any], settings: Settings) -> _Planned | Skip | str
             plan.engage.append({**_profile_base(event, ids, time_ms, settings),
                                 "$append": {"$transactions": transaction}})
     elif kind in ("page", "screen"):
-        props: dict[str, Any] = {}
+        props = {}
         for key in ("name", "category"):
             if event.get(key) not in (None, ""):
                 props[key] = event[key]
@@ -471,7 +478,7 @@ def _plan(event: Mapping[str, Any], settings: Settings) -> _Planned | Skip | str
             plan.engage.append({**_profile_base(event, ids, time_ms, settings), "$set": traits})
         if ids.user is not None and ids.device is not None:
             if settings.id_merge == "simplified":
-                link = {"$anon_distinct_id": f"$device:{ids.device}"}
+                link: dict[str, Any] = {"$anon_distinct_id": f"$device:{ids.device}"}
                 plan.imports.append(_event_record("$identify", event, link, ids, time_ms, iid, settings, False))
             else:
                 link = {"$distinct_ids": [ids.user, ids.device]}
@@ -543,14 +550,14 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         }
         problem = None
         for endpoint, records in (("import", plan.imports), ("engage", plan.engage), ("groups", plan.groups)):
-            for record, data in zip(records, encoded[endpoint]):
+            for record, data in zip(records, encoded[endpoint], strict=True):
                 problem = problem or _limit_problem(record, data)
         if problem:
             built.rejects.append(Reject(index, problem))
             continue
-        for endpoint, records in encoded.items():
-            if records:
-                per_endpoint[endpoint].append((index, records))
+        for endpoint, bodies in encoded.items():
+            if bodies:
+                per_endpoint[endpoint].append((index, bodies))
 
     import_headers = {"Content-Type": "application/json", "Authorization": settings.import_auth()}
     plain_headers = {"Content-Type": "application/json"}
@@ -609,8 +616,8 @@ def _classify_import(request: Request, response: Response) -> Outcome:
     if positions is None:
         return Outcome(Verdict.PERMANENT, f"HTTP 400 with failed_records that cannot be mapped to messages: {body_excerpt(response.body)}")
     by_insert_id: dict[str, int] = {}
-    for record, message in zip(orjson.loads(request.body or b"[]"), positions):
-        by_insert_id.setdefault(str(record.get("properties", {}).get("$insert_id")), message)
+    for record, position in zip(orjson.loads(request.body or b"[]"), positions, strict=False):
+        by_insert_id.setdefault(str(record.get("properties", {}).get("$insert_id")), position)
     per_message: dict[int, MessageOutcome] = {}
     for item in failed:
         if not isinstance(item, Mapping):

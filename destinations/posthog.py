@@ -69,26 +69,32 @@ MAX_DISTINCT_ID = 200  # capture trims longer ids, which would split one person 
 class Settings(DestinationSettings):
     type: Literal["posthog"] = Field("posthog", description="Adapter type.")
     api_key: SecretStr = Field(
-        description="Project API key (`phc_...`, Project settings > Project API key). Not a personal API key (`phx_`), which capture refuses."
+        description="Project API key (`phc_...`, Project settings > Project API key). Not a personal API key (`phx_`), "
+                    "which capture refuses."
     )
     region: Literal["us", "eu"] = Field("us", description="PostHog Cloud region, used when `endpoint` is not set.")
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL of a self-hosted PostHog (or a reverse proxy in front of PostHog); /batch/ is appended. Default: the region's PostHog Cloud ingestion host."
+        None, description="Base URL of a self-hosted PostHog (or a reverse proxy in front of PostHog); /batch/ is "
+                          "appended. Default: the region's PostHog Cloud ingestion host."
     )
     group_type: str = Field(
         "company", min_length=1, max_length=400,
-        description="PostHog group type that Segment groups map to: $group_type of group calls and the key of $groups on every event carrying context.groupId.",
+        description="PostHog group type that Segment groups map to: $group_type of group calls and the key of $groups "
+                    "on every event carrying context.groupId.",
     )
     person_profiles: Literal["always", "identified_only"] = Field(
         "always",
-        description="`identified_only` sends track/page/screen events without a userId with $process_person_profile=false (cheaper anonymous events, as posthog-js does by default).",
+        description="`identified_only` sends track/page/screen events without a userId with "
+                    "$process_person_profile=false (cheaper anonymous events, as posthog-js does by default).",
     )
     set_once_traits: list[str] = Field(
         default_factory=list,
-        description="Identify traits sent with $set_once instead of $set (kept from the first time they are seen, e.g. createdAt, initial_referrer); reserved traits match in any spelling (created_at = createdAt).",
+        description="Identify traits sent with $set_once instead of $set (kept from the first time they are seen, e.g. "
+                    "createdAt, initial_referrer); reserved traits match in any spelling (created_at = createdAt).",
     )
     historical_migration: bool = Field(
-        False, description="Mark batches as a historical migration (backfills: PostHog then skips spike detection and processes them in order)."
+        False, description="Mark batches as a historical migration (backfills: PostHog then skips spike detection and "
+                           "processes them in order)."
     )
 
     example = {"type": "posthog", "api_key": "phc_example_project_key_123"}
@@ -278,7 +284,8 @@ def classify(request: Request, response: Response) -> Outcome:
         body = response.json()
         limited = body.get("quota_limited") if isinstance(body, Mapping) else None
         if isinstance(limited, list) and "events" in limited:
-            return Outcome(Verdict.PERMANENT, "PostHog dropped the events: the project is over its billing quota (quota_limited)")
+            return Outcome(Verdict.PERMANENT, "PostHog dropped the events: the project is over its billing quota "
+                                              "(quota_limited)")
     return outcome
 
 

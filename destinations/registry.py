@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from typing import Any
 
 from destinations.base import Adapter
 
@@ -24,16 +25,16 @@ MODULES: dict[str, str] = {
 
 
 @cache
-def get(type_: str) -> Adapter:
+def get(type_: str) -> Adapter[Any]:
     try:
         module = MODULES[type_]
     except KeyError:
         raise KeyError(f"unknown destination type {type_!r}; known: {', '.join(sorted(MODULES))}") from None
-    adapter = importlib.import_module(module).ADAPTER
+    adapter: Adapter[Any] = importlib.import_module(module).ADAPTER
     if adapter.type != type_:
         raise RuntimeError(f"{module} declares type {adapter.type!r}, registered as {type_!r}")
     return adapter
 
 
-def all_adapters() -> list[Adapter]:
+def all_adapters() -> list[Adapter[Any]]:
     return [get(t) for t in sorted(MODULES)]

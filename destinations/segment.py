@@ -30,12 +30,14 @@ the server-clock one). Responses: shared default classification.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from destinations.base import (
+    SENT_AT,
     Adapter,
     BatchLimits,
     Built,
@@ -43,11 +45,9 @@ from destinations.base import (
     Message,
     Reject,
     Request,
-    SENT_AT,
     chunk_by_limits,
     json_body,
 )
-import base64
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500 * 1024
@@ -58,7 +58,8 @@ REGIONS = {"us": "https://api.segment.io", "eu": "https://events.eu1.segmentapis
 class Settings(DestinationSettings):
     type: Literal["segment"] = Field("segment", description="Adapter type.")
     write_key: SecretStr = Field(
-        description="Write key of the Segment source to forward to, or `passthrough` to forward each event with the key it arrived with."
+        description="Write key of the Segment source to forward to, or `passthrough` to forward each event with the "
+                    "key it arrived with."
     )
     region: Literal["us", "eu"] = Field("us", description="Segment region, used when `endpoint` is not set.")
     endpoint: AnyHttpUrl | None = Field(

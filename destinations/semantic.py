@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +134,9 @@ def order_value(properties: Mapping[str, Any]) -> float | None:
             return number
     items = products(properties)
     prices = [(to_number(p.get("price")), quantity(p)) for p in items]
-    if items and all(price is not None for price, _ in prices):
-        return round(sum(price * q for price, q in prices), 10)  # type: ignore[operator]
+    known = [(price, q) for price, q in prices if price is not None]
+    if items and len(known) == len(prices):
+        return round(sum(price * q for price, q in known), 10)
     return None
 
 
@@ -256,7 +257,7 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
@@ -281,7 +282,7 @@ def epoch_seconds(event: Mapping[str, Any]) -> int | None:
 
 
 def iso_utc(when: datetime) -> str:
-    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")

@@ -74,10 +74,13 @@ INTEGRATION_NAMES = ("Userpilot", "Userpilot Cloud (Actions)", "Actions Userpilo
 
 class Settings(DestinationSettings):
     type: Literal["userpilot"] = Field("userpilot", description="Adapter type.")
-    api_key: SecretStr = Field(description="Userpilot API key (Settings > Environment), sent as `Authorization: Token <key>`.")
-    region: Literal["us", "eu"] = Field("us", description="Data residency: `us` (analytex) or `eu` (analytex-eu); picks the host when `endpoint` is not set.")
+    api_key: SecretStr = Field(description="Userpilot API key (Settings > Environment), sent as `Authorization: Token "
+                                           "<key>`.")
+    region: Literal["us", "eu"] = Field("us", description="Data residency: `us` (analytex) or `eu` (analytex-eu); "
+                                                          "picks the host when `endpoint` is not set.")
     endpoint: AnyHttpUrl | None = Field(
-        None, description="Base URL overriding the region's host, e.g. an enterprise endpoint from the Environment page, a proxy or a test server."
+        None, description="Base URL overriding the region's host, e.g. an enterprise endpoint from the Environment "
+                          "page, a proxy or a test server."
     )
 
     example = {"type": "userpilot", "api_key": "up_key_0123456789abcdef", "region": "us"}
@@ -154,8 +157,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                 built.skips.append(Skip(i, "identify without userId: Userpilot's API needs an identified user_id"))
                 continue
             traits = traits_of(event)
-            company = traits.get("company")
-            has_company = isinstance(company, Mapping) and company.get("id") not in (None, "")
+            raw_company = traits.get("company")
+            company: Mapping[str, Any] = raw_company if isinstance(raw_company, Mapping) else {}
+            has_company = company.get("id") not in (None, "")
             payload: dict[str, Any] = {"user_id": uid, "metadata": _profile(traits, drop=("company",) if has_company else ())}
             if has_company:
                 rest = {k: v for k, v in company.items() if k != "id"}
@@ -179,8 +183,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             if group in (None, ""):
                 built.rejects.append(Reject(i, "group call without groupId: Userpilot requires company_id"))
                 continue
-            traits = event.get("traits") if isinstance(event.get("traits"), Mapping) else {}
-            post("/v1/companies/identify", {"company_id": str(group), "metadata": _profile(traits)}, i)
+            raw_traits = event.get("traits")
+            group_traits: Mapping[str, Any] = raw_traits if isinstance(raw_traits, Mapping) else {}
+            post("/v1/companies/identify", {"company_id": str(group), "metadata": _profile(group_traits)}, i)
             if uid:
                 post("/v1/identify", {"user_id": uid, "company": {"id": str(group)}}, i)
         elif kind in ("page", "screen"):

@@ -44,13 +44,15 @@ class Settings(DestinationSettings):
     )
     batch_size: int = Field(
         1, ge=1, le=1000,
-        description="1 sends one event per request with the event object as body; more sends a JSON array of up to this many events.",
+        description="1 sends one event per request with the event object as body; more sends a JSON array of up to "
+                    "this many events.",
     )
     max_bytes: int = Field(
         1_000_000, ge=1024, le=20_000_000, description="Upper bound on a batched request body, in bytes."
     )
     shared_secret: SecretStr | None = Field(
-        None, description="If set, each request carries X-Signature: hex HMAC-SHA1 of the body bytes keyed with this secret."
+        None, description="If set, each request carries X-Signature: hex HMAC-SHA1 of the body bytes keyed with this "
+                          "secret."
     )
 
     example = {"type": "webhook", "url": "http://127.0.0.1:9000/hook", "batch_size": 10,

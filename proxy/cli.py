@@ -329,6 +329,22 @@ def cmd_spool_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from proxy import docs
+
+    path = Path(args.readme)
+    try:
+        current = docs.write(path, check=args.check)
+    except (OSError, ValueError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    if args.check and not current:
+        print(f"{path} differs from the settings models: {docs.FIX}", file=sys.stderr)
+        return 1
+    print(f"{path}: {'up to date' if current else 'rewritten'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackrelay", description="Segment-compatible event proxy and router.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -383,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination")
     p.add_argument("--force", action="store_true", help="even if the destination is in the config")
     p.set_defaults(func=cmd_spool_forget)
+    docs = sub.add_parser("docs", help="write the configuration reference into README.md from the settings models")
+    docs.add_argument("--readme", default="README.md")
+    docs.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is out of date")
+    docs.set_defaults(func=cmd_docs)
     from proxy.governance.cli import add_subcommands as add_plan_commands
 
     add_plan_commands(sub)

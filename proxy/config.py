@@ -13,11 +13,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -26,6 +27,7 @@ from pydantic import (
     Tag,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -89,6 +91,20 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_retry_window(value: Any) -> float:
+    """A duration, or ``forever`` (also ``infinite``, ``unlimited``): never give up."""
+    if isinstance(value, str) and value.strip().lower() in ("forever", "infinite", "unlimited"):
+        return float("inf")
+    return parse_duration(value)
+
+
+# Field types the YAML writes with units. The docs generator (proxy/docs.py) recognises them by
+# their validator and shows the type and default with units.
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+RetryWindow = Annotated[float, BeforeValidator(parse_retry_window)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -118,7 +134,8 @@ class ServerConfig(_Model):
     trusted_proxies: list[str] = Field(
         [], description="Peers (IPs or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are trusted."
     )
-    shutdown_grace: float = Field(10.0, description="Seconds to finish in-flight work on SIGTERM.")
+    shutdown_grace: Duration = Field(10.0, description="On SIGTERM: how long to finish in-flight requests and sends "
+                                                      "before exiting.")
     workers: int = Field(
         1, ge=1, le=64,
         description="Server processes sharing the port. The first also runs delivery; the others only "
@@ -132,10 +149,10 @@ class ServerConfig(_Model):
         [], description="Request headers a browser may send besides Content-Type, Authorization and X-Retry-Count "
                         "(e.g. custom headers set in analytics.js deliveryStrategy.config.headers).",
     )
-    keepalive_timeout: float = Field(75.0, gt=0, description="Close a connection idle this long between requests.")
-    header_timeout: float = Field(
+    keepalive_timeout: Duration = Field(75.0, gt=0, description="Close a connection idle this long between requests.")
+    header_timeout: Duration = Field(
         10.0, gt=0, description="Close a connection whose request line and headers take longer than this to arrive.")
-    body_timeout: float = Field(
+    body_timeout: Duration = Field(
         30.0, gt=0, description="Answer 408 when a request body takes longer than this to arrive (after its headers).")
     max_connections: int = Field(
         4096, ge=1, description="Open client connections per process; more are answered 503 and closed. Lowered to "
@@ -172,11 +189,6 @@ class ServerConfig(_Model):
             ipaddress.ip_network(item, strict=False)
         return v
 
-    @field_validator("shutdown_grace", "keepalive_timeout", "header_timeout", "body_timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
-
     @field_validator("metrics_listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
@@ -206,51 +218,36 @@ class ServerConfig(_Model):
 class _StorageCommon(_Model):
     path: Path = Field(Path("./data"), description="Directory of the spool's files (the embedded backend's log and "
                        "delivery state; with jetstream only the instance lock).")
-    dedup_window: float = Field(86400.0, description="Window for (source, messageId) deduplication.")
-    dedup_memory: int = Field(
+    dedup_window: Duration = Field(
+        86400.0, description="An event whose (source, messageId) was accepted within this window is answered 200 and "
+                             "not stored again (browsers resend when a response is lost).")
+    dedup_memory: Size = Field(
         64 * 1024 * 1024,
         description="Memory for the dedup index (16 bytes per remembered id: 64MiB remembers 4 million). When more "
                     "distinct ids arrive within dedup_window than fit, the effective window shrinks "
                     "(trackrelay_dedup_window_seconds shows it); memory never grows past this.",
     )
 
-    @field_validator("dedup_memory", mode="before")
-    @classmethod
-    def _mem(cls, v: Any) -> int:
-        return parse_size(v)
-
-    @field_validator("dedup_window", mode="before")
-    @classmethod
-    def _window(cls, v: Any) -> float:
-        return parse_duration(v)
-
 
 class EmbeddedStorage(_StorageCommon):
     """The default: an append-only, CRC-framed segment log under ``path`` plus SQLite for delivery state."""
 
-    engine: Literal["embedded"] = Field("embedded", description="embedded (default) or jetstream.")
-    max_bytes: int = Field(10 * 1024**3, description="Spool size on disk at which ingest answers 429.")
+    engine: Literal["embedded"] = Field(
+        "embedded", description="Where events are stored: `embedded` (files under `path`) or `jetstream` (a NATS "
+                                "JetStream cluster shared by every instance).")
+    max_bytes: Size = Field(10 * 1024**3, description="Spool size on disk at which ingest answers 429 with Retry-After "
+                                                      "instead of growing.")
     durability: Literal["full", "normal"] = Field(
         "full", description="full: fdatasync before every answer (no accepted event lost on power loss); normal: "
                             "the OS writes back within seconds (a SIGKILL still loses nothing, a power cut may)."
     )
-    retention: float = Field(
+    retention: Duration = Field(
         600.0, description="How long delivered events stay in the spool (for inspection); freed early near max_bytes."
     )
-    segment_bytes: int | None = Field(
+    segment_bytes: Size | None = Field(
         None, description="Size of one log segment file (default: max_bytes/16, between 64KiB and 64MiB). "
                           "Space is freed a segment at a time.",
     )
-
-    @field_validator("max_bytes", "segment_bytes", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
-
-    @field_validator("retention", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
 
 
 class JetStreamTLS(_Model):
@@ -264,28 +261,26 @@ class JetStreamSettings(_Model):
     stream: str = Field("trackrelay", pattern=r"^[A-Za-z0-9_-]+$",
                         description="Name prefix of the streams and consumers trackrelay creates.")
     replicas: int = Field(3, ge=1, le=5, description="Stream replicas (quorum writes: 200 only after the PubAck).")
-    max_bytes: int = Field(50 * 1024**3, description="Quota of the event stream; full -> 429 + Retry-After.")
+    max_bytes: Size = Field(50 * 1024**3, description="Quota of the event stream; when it is full ingest answers "
+                                                      "429 with Retry-After.")
     credentials: Path | None = Field(None, description="A NATS .creds file.")
     user: str | None = Field(None, description="User name (with password).")
     password: SecretStr | None = Field(None, description="Password, e.g. ${NATS_PASSWORD}.")
     token: SecretStr | None = Field(None, description="Auth token, e.g. ${NATS_TOKEN}.")
     tls: JetStreamTLS | None = Field(None, description="TLS to the NATS servers.")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection at start.")
-    publish_timeout: float = Field(
+    connect_timeout: Duration = Field(5.0, gt=0, description="How long to wait for a connection at start.")
+    publish_timeout: Duration = Field(
         10.0, gt=0, description="Longest wait for a PubAck (leader elections take 5-12 s); then 503 + Retry-After.")
     max_inflight: int = Field(256, ge=1, le=65536,
-                              description="Publishes in flight per instance; more requests wait (within publish_timeout).")
-    ack_wait: float = Field(
-        60.0, ge=1, description="How long a leased event stays with an instance that stopped answering (crashed) before "
-                                "the cluster hands it to another one; live instances extend it while they work.")
-    duplicate_window: float = Field(
-        120.0, ge=1, description="JetStream's own duplicate window (Nats-Msg-Id): a publish retried within it is stored "
-                                 "once. Must exceed publish_timeout. The (source, messageId) window is storage.dedup_window.")
-
-    @field_validator("max_bytes", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> int:
-        return parse_size(v)
+                              description="Publishes in flight per instance; more requests wait (within "
+                                          "publish_timeout).")
+    ack_wait: Duration = Field(
+        60.0, ge=1, description="How long a leased event stays with an instance that stopped answering (crashed) "
+                                "before the cluster hands it to another one; live instances extend it while they work.")
+    duplicate_window: Duration = Field(
+        120.0, ge=1, description="JetStream's own duplicate window (Nats-Msg-Id): a publish retried within it is "
+                                 "stored once. Must exceed publish_timeout. The (source, messageId) window is "
+                                 "storage.dedup_window.")
 
     def __repr_args__(self) -> Any:  # server URLs may carry user:password@: never in a repr
         for name, value in super().__repr_args__():
@@ -293,23 +288,13 @@ class JetStreamSettings(_Model):
                 value = [re.sub(r"//[^@/]*@", "//***@", u) for u in value]
             yield name, value
 
-    @field_validator("connect_timeout", "publish_timeout", "ack_wait", "duplicate_window", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
-
 
 class JetStreamStorage(_StorageCommon):
     """Scale-out: every instance shares one replicated NATS JetStream."""
 
-    engine: Literal["jetstream"] = Field(description="embedded (default) or jetstream.")
+    engine: Literal["jetstream"] = Field(description="`jetstream`: events live in a NATS JetStream cluster.")
     jetstream: JetStreamSettings = Field(default_factory=JetStreamSettings, description="The JetStream cluster.")
-    retention: float = Field(600.0, description="How long delivered events stay in the stream.")
-
-    @field_validator("retention", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
+    retention: Duration = Field(600.0, description="How long delivered events stay in the stream (for inspection).")
 
     @property
     def max_bytes(self) -> int:
@@ -330,91 +315,75 @@ StorageConfig = Annotated[
 
 
 class LimitsConfig(_Model):
-    max_event_bytes: int = Field(32 * 1024, description="Largest accepted event (JSON bytes).")
-    max_request_bytes: int = Field(500 * 1024, description="Largest accepted request body, after decompression.")
+    max_event_bytes: Size = Field(32 * 1024, description="Largest accepted event (its JSON bytes); larger ones are "
+                                                         "refused with 400 (Segment's own limit: 32 KiB).")
+    max_request_bytes: Size = Field(500 * 1024, description="Largest accepted request body, after decompression; "
+                                                            "larger ones get 413 (Segment's own limit: 500 KiB).")
     max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
     max_message_id_length: int = Field(100, ge=1, description="Longest accepted messageId.")
     max_nesting_depth: int = Field(
         64, ge=2, le=512, description="Deepest nesting of objects and arrays in one event (the event itself is "
                                       "level 1); deeper events are refused with too_deeply_nested.")
 
-    @field_validator("max_event_bytes", "max_request_bytes", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> int:
-        return parse_size(v)
+
+class EffectiveDelivery(_Model):
+    """Batching, retry and rate settings of one destination: each field, its default and its
+    description are declared here once. ``DeliveryConfig`` (the ``delivery:`` blocks) is derived
+    from it with every field optional; ``DestinationConfig.effective_delivery`` layers the
+    destination's block over the global one over these defaults, capped by the adapter's limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    max_batch_events: int = Field(
+        500, ge=1, description="Most events handed to the adapter at once; capped by the destination's own limit "
+                               "(adapters split further where their API takes fewer per request).")
+    max_batch_bytes: Size = Field(
+        5 * 1024 * 1024, ge=1024, description="Most event bytes (stored JSON) per batch; capped by the destination's "
+                                              "own limit.")
+    flush_interval: Duration = Field(0.1, ge=0, description="How long a partial batch waits for more events.")
+    concurrency: int = Field(4, ge=1, le=64, description="Batches in flight at once for this destination.")
+    timeout: Duration = Field(15.0, gt=0, description="HTTP timeout of one request, from connect to the last byte of "
+                                                      "the answer.")
+    inflight_retries: int = Field(
+        2, ge=0, le=10, description="Quick retries of a failed request (after 0.1-2 s, or a Retry-After of up to 5 s) "
+                                    "before the events are rescheduled durably.")
+    backoff_initial: Duration = Field(1.0, gt=0, description="First durable retry delay; later ones double (with "
+                                                             "jitter) up to backoff_max. A Retry-After wins.")
+    backoff_max: Duration = Field(600.0, gt=0, description="Largest durable retry delay.")
+    retry_window: RetryWindow = Field(
+        4 * 3600.0, description="Time since an event's first failure after which it is dead-lettered (kept with the "
+                                "last response, replayable); `forever` never gives up.")
+    max_requests_per_second: float | None = Field(
+        None, gt=0, description="Rate limit towards the destination. Default: the destination's documented limit, "
+                                "if it has one (e.g. Userpilot 10), else none.")
+    probe_interval: Duration = Field(
+        5.0, gt=0, description="While the destination fails (its circuit is open), one probe event is sent this often, "
+                               "doubling up to probe_interval_max (a Retry-After wins); when a probe succeeds every "
+                               "rescheduled event is due at once.")
+    probe_interval_max: Duration = Field(30.0, gt=0, description="Longest wait between two probes.")
 
 
-class DeliveryConfig(_Model):
-    """Retry and batching knobs; every field is optional so a destination can override a few."""
-
-    max_batch_events: int | None = Field(None, ge=1, description="Most events per batch handed to the adapter.")
-    max_batch_bytes: int | None = Field(None, ge=1024, description="Most event bytes per batch.")
-    flush_interval: float | None = Field(None, ge=0, description="How long a partial batch may wait for more events.")
-    concurrency: int | None = Field(None, ge=1, le=64, description="Requests in flight at once for this destination.")
-    timeout: float | None = Field(None, gt=0, description="HTTP timeout per request.")
-    inflight_retries: int | None = Field(None, ge=0, le=10, description="Quick retries before rescheduling durably.")
-    backoff_initial: float | None = Field(None, gt=0, description="First durable retry delay.")
-    backoff_max: float | None = Field(None, gt=0, description="Largest durable retry delay.")
-    retry_window: float | None = Field(
-        None, description="How long to keep retrying before dead-lettering; 'forever' never gives up."
-    )
-    max_requests_per_second: float | None = Field(None, gt=0, description="Rate limit towards the destination.")
-    probe_interval: float | None = Field(
-        None, gt=0, description="While a destination fails, one probe request is sent this often (doubling up to "
-                                "probe_interval_max); when a probe succeeds, every rescheduled event is due at once.")
-    probe_interval_max: float | None = Field(None, gt=0, description="Longest wait between two probes.")
-
-    @field_validator("max_batch_bytes", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
-
-    @field_validator("flush_interval", "timeout", "backoff_initial", "backoff_max", "probe_interval",
-                     "probe_interval_max", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
-
-    @field_validator("retry_window", mode="before")
-    @classmethod
-    def _window(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        if isinstance(v, str) and v.strip().lower() in ("forever", "infinite", "unlimited"):
-            return float("inf")
-        return parse_duration(v)
+def all_optional(model: type[BaseModel], name: str, doc: str) -> type[_Model]:
+    """``model``'s fields, each optional with default None (unset), keeping its type, constraints,
+    parsing and description: the override form of a settings model."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        inner: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[field_name] = (inner | None, Field(None, description=info.description))
+    derived = create_model(name, __base__=_Model, __doc__=doc, __module__=__name__, **fields)
+    derived.__defaults_model__ = model  # type: ignore[attr-defined]  # the docs show its defaults
+    return derived
 
 
-DELIVERY_DEFAULTS = DeliveryConfig(
-    max_batch_events=500,
-    max_batch_bytes=5 * 1024 * 1024,
-    flush_interval=0.1,
-    concurrency=4,
-    timeout=15.0,
-    inflight_retries=2,
-    backoff_initial=1.0,
-    backoff_max=600.0,
-    retry_window=4 * 3600.0,
-    max_requests_per_second=None,
-    probe_interval=5.0,
-    probe_interval_max=30.0,
-)
+if TYPE_CHECKING:
+    class DeliveryConfig(_Model):
+        """For the type checker: the fields of EffectiveDelivery, each optional."""
 
-
-@dataclass(frozen=True)
-class EffectiveDelivery:
-    max_batch_events: int
-    max_batch_bytes: int
-    flush_interval: float
-    concurrency: int
-    timeout: float
-    inflight_retries: int
-    backoff_initial: float
-    backoff_max: float
-    retry_window: float
-    max_requests_per_second: float | None
-    probe_interval: float
-    probe_interval_max: float
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    DeliveryConfig = all_optional(
+        EffectiveDelivery, "DeliveryConfig",
+        "Overrides of EffectiveDelivery; a field left out (None) takes the next layer's value.")
 
 
 class FilterConfig(_Model):
@@ -452,7 +421,7 @@ def _filters_form(value: Any) -> str:
 # (evaluated in order by the delivery worker, proxy/governance/filters.py). The tags show in
 # pydantic's error locations; load_config removes them.
 Filters = Annotated[
-    Union[Annotated[FilterConfig, Tag("shorthands")], Annotated[list[FilterStep], Tag("steps")]],
+    Annotated[FilterConfig, Tag("shorthands")] | Annotated[list[FilterStep], Tag("steps")],
     Discriminator(_filters_form),
 ]
 _FILTER_TAGS = ("shorthands", "steps")
@@ -469,7 +438,7 @@ class DestinationConfig(_Model):
     filters: Filters = Field(default_factory=FilterConfig, description="Which events it gets.")
     transform: str | None = Field(
         None, description="'package.module:function' called on each event before the adapter (runs in-process).")
-    transform_budget: float = Field(
+    transform_budget: Duration = Field(
         0.005, gt=0, description="A transform call slower than this is counted and logged.")
 
     _parsed: DestinationSettings | None = PrivateAttr(None)
@@ -479,11 +448,6 @@ class DestinationConfig(_Model):
     @classmethod
     def _transform_spec(cls, v: str | None) -> str | None:
         return check_transform_spec(v)
-
-    @field_validator("transform_budget", mode="before")
-    @classmethod
-    def _budget(cls, v: Any) -> float:
-        return parse_duration(v)
 
     @property
     def route_filters(self) -> FilterConfig:
@@ -513,21 +477,23 @@ class DestinationConfig(_Model):
         return self._parsed
 
     def effective_delivery(self, defaults: DeliveryConfig) -> EffectiveDelivery:
+        """This destination's ``delivery`` over the global ``delivery`` over EffectiveDelivery's
+        defaults, capped by the adapter's batch limits, with the adapter's rate limit when none is set."""
         adapter = registry.get(self.type)
         merged: dict[str, Any] = {}
-        for name in DeliveryConfig.model_fields:
-            for layer in (self.delivery, defaults, DELIVERY_DEFAULTS):
+        for name in EffectiveDelivery.model_fields:
+            for layer in (self.delivery, defaults):
                 value = getattr(layer, name)
                 if value is not None:
                     merged[name] = value
                     break
-            else:
-                merged[name] = None
-        merged["max_batch_events"] = min(merged["max_batch_events"], adapter.limits.max_events)
-        merged["max_batch_bytes"] = min(merged["max_batch_bytes"], adapter.limits.max_bytes)
-        if merged["max_requests_per_second"] is None:
-            merged["max_requests_per_second"] = adapter.max_requests_per_second
-        return EffectiveDelivery(**merged)
+        eff = EffectiveDelivery.model_validate(merged)
+        rps = eff.max_requests_per_second
+        return eff.model_copy(update={
+            "max_batch_events": min(eff.max_batch_events, adapter.limits.max_events),
+            "max_batch_bytes": min(eff.max_batch_bytes, adapter.limits.max_bytes),
+            "max_requests_per_second": adapter.max_requests_per_second if rps is None else rps,
+        })
 
 
 _NO_FILTERS = FilterConfig()
@@ -539,16 +505,26 @@ class LoggingConfig(_Model):
 
 
 class Config(_Model):
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    storage: StorageConfig = Field(default_factory=EmbeddedStorage)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    sources: list[SourceConfig] = Field(min_length=1)
-    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Defaults for every destination.")
-    destinations: list[DestinationConfig] = Field(default_factory=list)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig, description="The Tracking API listener.")
+    storage: StorageConfig = Field(
+        default_factory=EmbeddedStorage,
+        description="Where accepted events are kept until every destination has them.")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="What ingest accepts; larger or deeper input is refused with a 4xx JSON error.")
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="Who may send events: a list of sources, each with its own write keys.")
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig,
+        description="Batching, retries and rate for every destination; a destination's own `delivery:` wins key "
+                    "by key. Every key is optional.")
+    destinations: list[DestinationConfig] = Field(
+        default_factory=list, description="Where events go: a list of destinations, each with its adapter's "
+                                          "`settings` (see [Destinations](#destinations)).")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs go to stderr, one line per event.")
 
     @model_validator(mode="after")
-    def _cross_checks(self, info: ValidationInfo) -> "Config":
+    def _cross_checks(self, info: ValidationInfo) -> Config:
         # load_config reports these itself, each at its own line, together with the field errors
         if not (info.context or {}).get("cross_checked"):
             problems = cross_reference(self.model_dump(include={"sources", "destinations"}))
@@ -574,7 +550,8 @@ def cross_reference(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]
         name = src.get("name")
         if isinstance(name, str) and name:
             if name in seen:
-                problems.append((("sources", i, "name"), f"source name {name!r} is already used by sources.{seen[name]}"))
+                problems.append((("sources", i, "name"),
+                                 f"source name {name!r} is already used by sources.{seen[name]}"))
             else:
                 seen[name] = i
     keys: dict[str, tuple[int, int]] = {}
@@ -586,8 +563,8 @@ def cross_reference(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]
             if key in keys:
                 first = keys[key]
                 problems.append((("sources", i, "write_keys", j),
-                                 f"this write key is also sources.{first[0]}.write_keys.{first[1]}; a key "
-                                 "must belong to one source"))
+                                 (f"this write key is also sources.{first[0]}.write_keys.{first[1]}; a key "
+                                  "must belong to one source")))
             else:
                 keys[key] = (i, j)
     dests = entries("destinations")

@@ -266,7 +266,7 @@ class Spool(abc.ABC):
     async def close(self) -> None:
         """Finish pending commits and release everything."""
 
-    def claim(self) -> None:
+    def claim(self) -> None:  # noqa: B027 (optional hook: backends without one inherit this no-op)
         """Take exclusive ownership where the backend needs one (the embedded spool: one server per
         directory); raises SpoolBusy. Called by ``serve`` before it listens."""
 
@@ -313,7 +313,7 @@ class Spool(abc.ABC):
     async def wait(self, destination: str, timeout: float) -> None:
         """Return when new work may be there for the destination, or after ``timeout`` seconds."""
 
-    def wake(self, destination: str | None = None) -> None:
+    def wake(self, destination: str | None = None) -> None:  # noqa: B027 (optional hook)
         """Make waiters of ``destination`` (all when None) return now (shutdown)."""
 
     # -- operators --------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ class Spool(abc.ABC):
 
     # -- housekeeping -----------------------------------------------------------------------------
 
-    async def maintain(self, active_destinations: Sequence[str]) -> None:
+    async def maintain(self, active_destinations: Sequence[str]) -> None:  # noqa: B027 (optional hook)
         """Periodic work (every second or so): free what every active destination has settled
         (after the retention time, at once under size pressure), refresh sizes and ``refusal``."""
 
@@ -360,5 +360,5 @@ class Spool(abc.ABC):
     """Set in an ingest-only process: called with an opaque token after each commit, which the main
     process passes to :meth:`observe_commit` (proxy/workers.py relays it over a pipe)."""
 
-    def observe_commit(self, token: int) -> None:
+    def observe_commit(self, token: int) -> None:  # noqa: B027 (optional hook)
         """Another process committed (token from its ``on_commit``): wake delivery."""

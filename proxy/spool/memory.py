@@ -460,7 +460,8 @@ class MemorySpool(Spool):
                 rec.settled_at = now
             elif not done:
                 rec.settled_at = None
-            if done and (pressure or self.retention <= 0 or now - rec.settled_at >= self.retention):
+            settled = rec.settled_at
+            if done and (pressure or self.retention <= 0 or (settled is not None and now - settled >= self.retention)):
                 continue
             keep.append(rec)
         store.log = keep

@@ -114,7 +114,7 @@ class Record:
     def materialize(self, position: int, raw: bytes) -> dict[str, Any]:
         """The enriched event of item ``position`` (``raw`` its JSON from :meth:`raw_items`), as
         ingest would have stored it before the storage rework: the same pure functions, applied now."""
-        event = orjson.loads(raw)
+        event: dict[str, Any] = orjson.loads(raw)
         h = self.header
         if h.enriched:
             return event

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import queue
 import threading
@@ -286,7 +287,7 @@ class EmbeddedSpool(Spool):
                 results, end = self._commit(group)
                 self.last_error = None
                 outcome: list[tuple[_Pending, Any, BaseException | None]] = [
-                    (p, (r, end), None) for p, r in zip(group, results)]
+                    (p, (r, end), None) for p, r in zip(group, results, strict=True)]
             except Exception as exc:  # the commit failed: every request of the group gets a 503
                 self.last_error = ("disk full" if is_disk_full(exc) else repr(exc))[:300]
                 log.error("spool_commit_failed", error=repr(exc))
@@ -574,7 +575,7 @@ class EmbeddedSpool(Spool):
         done = 0
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
-            done += await state.run(lambda c, chunk=chunk: State.replay_chunk(c, chunk))
+            done += await state.run(functools.partial(State.replay_chunk, ids=chunk))
             if progress is not None:
                 progress(len(chunk))
         for name in wanted:
@@ -668,7 +669,7 @@ class EmbeddedSpool(Spool):
         is found within ``records_at_most`` records)."""
         for n, (_, rec) in enumerate(self._scan(start)):
             if any(dest in rec.routes[it[2]].destinations for it in rec.header.items):
-                return rec.header.received_at
+                return float(rec.header.received_at)
             if n >= records_at_most:
                 break
         return None

@@ -159,6 +159,7 @@ class Journal:
                 self._dirty.add(self._fd)
             self._fd = os.open(self._path(slot), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._slot = slot
+        assert self._fd is not None  # opened above for the current slot
         os.write(self._fd, _BLOCK.pack(len(hashes), at) + struct.pack(f"<{len(hashes)}q", *hashes))
         self.unsynced = True
 

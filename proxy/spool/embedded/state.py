@@ -176,7 +176,8 @@ class State:
     @staticmethod
     def next_due(conn: sqlite3.Connection, dest: str, after: float) -> float | None:
         """The earliest due time after ``after`` (retries due already are leased or in flight)."""
-        return conn.execute("SELECT MIN(due) FROM retry WHERE dest = ? AND due > ?", (dest, after)).fetchone()[0]
+        due = conn.execute("SELECT MIN(due) FROM retry WHERE dest = ? AND due > ?", (dest, after)).fetchone()[0]
+        return None if due is None else float(due)
 
     @staticmethod
     def settle(conn: sqlite3.Connection, dest: str, dead: Sequence[tuple[Any, ...]], new_retries: Sequence[tuple[Any, ...]],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import gzip
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -185,8 +186,11 @@ class Tester:
         items = parse_input(payload)
         if len(items) != 1:
             raise TestEventError("invalid_event", "send one event at a time")
+        item = items[0]
+        if isinstance(item, dict) and not item.get("messageId"):  # the same id in what is shown and what is sent
+            item = {**item, "messageId": f"api-{uuid.uuid4()}"}
         now = time.time()
-        plan = self.plan(items[0], source=source, destination=destination, now=now)
+        plan = self.plan(item, source=source, destination=destination, now=now)
         entry = plan["events"][0]
         if not entry["valid"]:
             return {**plan, "sent": []}
@@ -194,7 +198,7 @@ class Tester:
         if decision["decision"] != "send":
             return {**plan, "sent": []}
         src = plan["source"]
-        event = self.enrich(items[0], now)
+        event = self.enrich(item, now)
         pipeline = self._pipeline(dest)
         events = pipeline.apply(event).events if pipeline.active else [event]
         from pydantic import SecretStr

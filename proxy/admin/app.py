@@ -49,7 +49,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # not no-referrer: with it Chromium sends "Origin: null" on the login form's POST
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
 }
@@ -67,7 +68,7 @@ def jsonr(data: Any, status: int = 200) -> web.Response:
 
 LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>trackrelay console: sign in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <style>body{font:15px system-ui,sans-serif;background:#f4f5f7;display:flex;justify-content:center;padding-top:12vh}
 form{background:#fff;padding:2em;border-radius:8px;box-shadow:0 1px 4px #0002;min-width:22em}
 input{width:100%;box-sizing:border-box;padding:.5em;margin:.6em 0 1em;font:inherit}

@@ -9,6 +9,7 @@
 //   > {"op": "waitText", "selector": "#live-table", "text": "abc", "timeoutMs": 15000}
 //   > {"op": "text", "selector": "#trace-result"}                   < {"ok": true, "text": "..."}
 //   > {"op": "screenshot", "path": "/tmp/x.png"}
+//   > {"op": "resetLog"}                                          (forget console messages so far)
 //   > {"op": "cookies"}                                            < {"ok": true, "cookies": [...]}
 //   > {"op": "close"}                                              < {"ok": true, "console": [...], "pageErrors": [...], "failed": [...]}
 // A failing step answers {"ok": false, "error": "..."} and the driver keeps going.
@@ -73,6 +74,10 @@ async function main() {
       } else if (cmd.op === 'screenshot') {
         await page.screenshot({ path: cmd.path, fullPage: true })
         say({ ok: true })
+      } else if (cmd.op === 'resetLog') {
+        const before = { ...seen }
+        for (const k of Object.keys(seen)) seen[k] = []
+        say({ ok: true, ...before })
       } else if (cmd.op === 'cookies') {
         say({ ok: true, cookies: await context.cookies() })
       } else if (cmd.op === 'close') {

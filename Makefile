@@ -30,6 +30,8 @@ install-test: $(VENV)/.installed-test
 
 run: $(VENV)/.installed
 	mkdir -p data
+	@echo "trackrelay: Tracking API on http://127.0.0.1:$${TRACKRELAY_PORT:-8088}/v1, operator console on" \
+	  "http://127.0.0.1:$${TRACKRELAY_ADMIN_PORT:-8089}/ (token: $${TRACKRELAY_ADMIN_TOKEN:-dev-admin-token-change-me})"
 	$(VENV)/bin/trackrelay serve --config $(CONFIG)
 
 check: $(VENV)/.installed

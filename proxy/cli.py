@@ -1,4 +1,4 @@
-"""Command line: ``trackrelay serve | check | dead-letters list|show|replay | spool stats|events|migrate|forget | plan infer``.
+"""Command line: ``trackrelay serve | check | test-event | dead-letters list|show|replay | spool stats|events|migrate|forget | plan infer``.
 
 Every command that reads or changes stored data goes through the spool port (proxy/spool/), and is
 safe while a server runs on the same spool."""
@@ -108,12 +108,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     ssl_context = tls.attach(app, config)
     metrics_app = create_metrics_app(app) if config.server.metrics_listen else None
+    extra = []
+    if config.admin is not None:  # the operator console, on its own listener (main process only)
+        from proxy.admin import create_admin_app
+
+        extra.append((create_admin_app(config, app), config.admin.host, config.admin.port))
     try:
         if sock is not None:
-            server.run(app, config, sock=sock, ssl_context=ssl_context, metrics_app=metrics_app)
+            server.run(app, config, sock=sock, ssl_context=ssl_context, metrics_app=metrics_app, extra_sites=extra)
         else:
             server.run(app, config, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
-                       metrics_app=metrics_app)
+                       metrics_app=metrics_app, extra_sites=extra)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -345,6 +350,26 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test_event(args: argparse.Namespace) -> int:
+    """The event tester's dry run (the console's POST /api/test-event): per destination, the exact
+    request(s) it would get for the event, or why none. Nothing is sent."""
+    from proxy.admin.tester import Tester, TestEventError
+
+    config = _load(args.config)
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        result = Tester(config).plan(data, source=args.source, destination=args.destination)
+    except TestEventError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0 if all(e["valid"] for e in result["events"]) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackrelay", description="Segment-compatible event proxy and router.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -403,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--readme", default="README.md")
     docs.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is out of date")
     docs.set_defaults(func=cmd_docs)
+    p = sub.add_parser("test-event", help="dry run: the request(s) each destination would get for an event")
+    p.add_argument("--config", required=True)
+    p.add_argument("--destination", "-d", help="only this destination")
+    p.add_argument("--source", help="as if sent to this source (default: the first)")
+    p.add_argument("file", help="a JSON file with one Segment event (or a batch); - reads stdin")
+    p.set_defaults(func=cmd_test_event)
     from proxy.governance.cli import add_subcommands as add_plan_commands
 
     add_plan_commands(sub)

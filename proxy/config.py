@@ -499,6 +499,34 @@ class DestinationConfig(_Model):
 _NO_FILTERS = FilterConfig()
 
 
+class AdminConfig(_Model):
+    """The operator console (proxy/admin/): its own listener, never the ingest port."""
+
+    host: str = Field("127.0.0.1", description="Address of the console's listener (keep it private).")
+    port: int = Field(8089, ge=0, le=65535, description="Port of the console's listener.")
+    token: SecretStr = Field(
+        repr=False, description="Token every page and API call needs (Authorization: Bearer, or the login form's "
+                                "cookie), e.g. ${TRACKRELAY_ADMIN_TOKEN}; at least 16 characters.")
+    trace_events: int = Field(
+        5000, ge=0, description="Recent events whose trace (routing, attempts, outcomes) is kept in memory.")
+    trace_age: float = Field(3600.0, gt=0, description="Traces older than this are dropped.")
+    trace_attempts: int = Field(20, ge=1, description="Delivery attempts kept per event (the latest).")
+    live_queue: int = Field(
+        500, ge=1, description="Live-view items buffered per watcher; a slower watcher loses (and is told the count).")
+
+    @field_validator("token")
+    @classmethod
+    def _token_length(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value().strip()) < 16:
+            raise ValueError("the admin token must have at least 16 characters (is its ${VAR} unset?)")
+        return v
+
+    @field_validator("trace_age", mode="before")
+    @classmethod
+    def _age(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["json", "console"] = Field("json", description="json lines or human-readable.")
@@ -522,6 +550,8 @@ class Config(_Model):
         default_factory=list, description="Where events go: a list of destinations, each with its adapter's "
                                           "`settings` (see [Destinations](#destinations)).")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs go to stderr, one line per event.")
+    admin: AdminConfig | None = Field(
+        None, description="The operator console, on its own listener (never the ingest port); absent: disabled.")
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Config:

@@ -31,7 +31,7 @@ import contextlib
 import resource
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -299,48 +299,55 @@ def raise_nofile(wanted: int) -> tuple[int, int, int]:
 
 async def _serve(app: web.Application, config: Config, *, host: str | None, port: int | None,
                  sock: socket.socket | None, ssl_context: ssl.SSLContext | None,
-                 metrics_app: web.Application | None, started: Callable[[], None] | None) -> None:
+                 metrics_app: web.Application | None, started: Callable[[], None] | None,
+                 extra_sites: Sequence[tuple[web.Application, str, int]] = ()) -> None:
     server = config.server
     bound, soft, hard = raise_nofile(server.max_connections)
     guard = Guard.from_config(config, bound)
     runner = GuardedAppRunner(app, guard, handle_signals=True, access_log=None,
                               keepalive_timeout=server.keepalive_timeout, shutdown_timeout=server.shutdown_grace)
     await runner.setup()
-    metrics_runner: web.AppRunner | None = None
+    sites = list(extra_sites)
+    if metrics_app is not None and server.metrics_listen:
+        sites.insert(0, (metrics_app, *split_listen(server.metrics_listen)))
+    extra_runners: list[web.AppRunner] = []
     try:
         if sock is not None:
             site: web.BaseSite = web.SockSite(runner, sock, ssl_context=ssl_context)
         else:
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=2048, reuse_port=False)
         await site.start()
-        if metrics_app is not None and server.metrics_listen:
-            mhost, mport = split_listen(server.metrics_listen)
-            metrics_runner = web.AppRunner(metrics_app, access_log=None)
-            await metrics_runner.setup()
-            await web.TCPSite(metrics_runner, mhost, mport).start()
+        for extra_app, ehost, eport in sites:  # /metrics on server.metrics_listen, the console on admin:
+            extra_runner = web.AppRunner(extra_app, access_log=None, shutdown_timeout=2.0)
+            await extra_runner.setup()
+            extra_runners.append(extra_runner)
+            await web.TCPSite(extra_runner, ehost, eport).start()
         log.info("listening", address=site.name, max_connections=bound, nofile_soft=soft, nofile_hard=hard,
                  keepalive_timeout=server.keepalive_timeout, header_timeout=server.header_timeout,
                  body_timeout=server.body_timeout, max_inflight_requests=server.max_inflight_requests,
-                 metrics=server.metrics_listen if metrics_runner is not None else None)
+                 metrics=server.metrics_listen if metrics_app is not None else None,
+                 extra=[f"{h}:{p}" for _a, h, p in sites])
         if started is not None:
             started()
         while True:
             await asyncio.sleep(3600)
     finally:
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        for extra_runner in reversed(extra_runners):
+            await extra_runner.cleanup()
         await runner.cleanup()
 
 
 def run(app: web.Application, config: Config, *, host: str | None = None, port: int | None = None,
         sock: socket.socket | None = None, ssl_context: ssl.SSLContext | None = None,
-        metrics_app: web.Application | None = None, started: Callable[[], None] | None = None) -> None:
+        metrics_app: web.Application | None = None, started: Callable[[], None] | None = None,
+        extra_sites: Sequence[tuple[web.Application, str, int]] = ()) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, as ``web.run_app`` does, on ``sock`` (already listening)
     or ``host``:``port``, with TLS when ``ssl_context`` is given; ``metrics_app`` is served on
-    ``server.metrics_listen``."""
+    ``server.metrics_listen``, and each (app, host, port) of ``extra_sites`` on its own listener
+    (the operator console)."""
     loop = asyncio.new_event_loop()
     main = loop.create_task(_serve(app, config, host=host, port=port, sock=sock, ssl_context=ssl_context,
-                                   metrics_app=metrics_app, started=started))
+                                   metrics_app=metrics_app, started=started, extra_sites=extra_sites))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)

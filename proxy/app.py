@@ -320,6 +320,10 @@ def create_app(config: Config, *, role: str = "main", config_path: str | None = 
                                 hint=f"trackrelay spool forget --config <file> {name}")
         if supervisor is not None:
             await supervisor.start()
+            from proxy.tls import RELOADER
+
+            if RELOADER in app:  # a SIGHUP reloads the certificate in every process
+                app[RELOADER].on_sighup.append(supervisor.forward_sighup)
         task = asyncio.create_task(maintenance(app))
         log.info("started", role=role, destinations=[d.name for d in config.destinations if d.enabled],
                  sources=[s.name for s in config.sources], spool=str(config.storage.path),

@@ -19,10 +19,11 @@ import contextlib
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 log = structlog.get_logger("trackrelay.tls")
 
@@ -55,6 +56,7 @@ class ReloadingTLS:
         self._stamps = self._file_stamps()
         self.current = build_context(self.cert_file, self.key_file)
         self.reloads = 0
+        self.on_sighup: list[Callable[[], None]] = []  # e.g. the main process passing SIGHUP to its workers
         self.context = build_context(self.cert_file, self.key_file)
         self.context.sni_callback = self._pick
 
@@ -81,6 +83,11 @@ class ReloadingTLS:
         log.info("tls_reloaded", trigger=why, cert_file=str(self.cert_file))
         return True
 
+    def _sighup(self) -> None:
+        self.reload("SIGHUP")
+        for forward in self.on_sighup:
+            forward()
+
     def changed(self) -> bool:
         return self._file_stamps() != self._stamps
 
@@ -89,7 +96,7 @@ class ReloadingTLS:
         loop = asyncio.get_running_loop()
         hup = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
             hup = True
 
         async def poll() -> None:
@@ -112,6 +119,9 @@ class ReloadingTLS:
                 loop.remove_signal_handler(signal.SIGHUP)
 
 
+RELOADER = web.AppKey("tls_reloader", ReloadingTLS)
+
+
 def attach(app: object, config: object) -> ssl.SSLContext | None:
     """The ssl_context for web.run_app when ``server.tls`` is set (None: plain HTTP), with its
     reload watcher registered on the app. Raises SystemExit with a clear message if the files do
@@ -124,4 +134,5 @@ def attach(app: object, config: object) -> ssl.SSLContext | None:
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise SystemExit(f"server.tls: cannot load {tls.cert_file} / {tls.key_file}: {exc}") from None
     app.cleanup_ctx.append(reloading.watch)  # type: ignore[attr-defined]
+    app[RELOADER] = reloading  # type: ignore[index]
     return reloading.context

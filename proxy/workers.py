@@ -125,6 +125,12 @@ class Supervisor:
                 restarts[i] = time.monotonic()
                 self.procs[i] = self._spawn(i)
 
+    def forward_sighup(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+
     def problems(self) -> list[str]:
         return [f"ingest worker {i + 1} not up" for i, p in enumerate(self.procs)
                 if p is None or p.poll() is not None or (i + 1) not in self.ready]

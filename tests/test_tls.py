@@ -171,3 +171,14 @@ def test_a_certificate_that_does_not_load_stops_serve_with_a_clear_message(tmp_p
     with pytest.raises(RuntimeError, match="server.tls: cannot load"):
         tr.start(timeout=15)
     assert tr.proc.wait(10) != 0
+
+
+@pytest.mark.timeout(120)
+def test_sighup_to_the_main_process_reloads_every_worker_too(tmp_path, certs):
+    ca, cert, key, first = certs
+    with https_server(tmp_path, certs, workers=2) as tr:
+        wait_until(lambda: len(tr.worker_pids()) == 1, 20, "the ingest worker")
+        make_leaf(ca, cert, key)
+        tr.proc.send_signal(signal.SIGHUP)
+        # the main process and its worker each log a reload triggered by the signal (not by polling)
+        wait_until(lambda: tr.logs().count('"trigger": "SIGHUP"') >= 2, 15, "both processes to reload on SIGHUP")

@@ -233,3 +233,28 @@ def test_spool_files_are_what_the_readme_says(tmp_path):
     asyncio.run(main())
     names = sorted(os.listdir(tmp_path))
     assert names == ["dedup", "instance.lock", "log", "state.db"], names
+
+
+async def test_a_failing_disk_refuses_with_503_and_shows_in_readiness_until_commits_work_again(tmp_path, monkeypatch):
+    import errno
+
+    from proxy.spool import SpoolUnavailable
+    from proxy.spool.embedded import segments
+
+    spool = await opened(tmp_path)
+    try:
+        assert spool.problems() == []
+        real_append = segments.SegmentLog.append
+
+        def disk_full(self, data):  # what os.write raises on a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(segments.SegmentLog, "append", disk_full)
+        with pytest.raises(SpoolUnavailable):
+            await spool.append(request("nospace"))
+        assert any("disk full" in p for p in spool.problems())  # /readyz answers 503 with this
+        monkeypatch.setattr(segments.SegmentLog, "append", real_append)
+        assert (await spool.append(request("nospace"))).stored == 1, "nothing of the failed commit was kept"
+        assert spool.problems() == []
+        assert await lease_all(spool) == ["nospace"]
+    finally:
+        await spool.close()

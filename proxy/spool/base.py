@@ -332,7 +332,7 @@ class Spool(abc.ABC):
         """Move each matching dead letter (of any destination) onto the queues of the destinations
         ``route(letter)`` names — the letter is given with its event — due now, attempts reset, and
         delete it; a letter for which ``route`` names none stays where it is. Return how many were
-        moved. ``trackrelay plan blocked replay`` uses it: a blocked event is a dead letter of the
+        moved; ``progress(n)`` is told how many so far. ``trackrelay plan blocked replay`` uses it: a blocked event is a dead letter of the
         pseudo-destination ``(blocked:<source>)`` and goes, at replay, to the destinations it would
         have reached. Safe while a server delivers."""
 

@@ -4,9 +4,19 @@ plan in `flag` mode checked at ingest, each against the same loop without them.
 
     .venv/bin/python benchmarks/governance.py [--events 200000] [--repeat 5]
 
-Prints µs per event (best of --repeat runs, one core); it asserts nothing. The end-to-end cost
-(events/s of a real server with and without these) is measured by ingest.py / delivery.py once
-the lead wires the entry points in.
+Prints µs per event (best of --repeat runs, one core); it asserts nothing.
+
+    .venv/bin/python benchmarks/governance.py --end-to-end [--e2e-events 100000] [--rounds 1]
+
+measures the end-to-end cost instead, in the same run: a real trackrelay (durability full, one
+webhook destination to the batching receiver of common.py) gets --e2e-events events in 100-event
+batches (8 connections) while it delivers them, once plain and once with the realistic set (the
+destination has the 5 conditions, the sample — 90 % by messageId, so the sampled share is the same
+in every run — and the field drop; the source has the 20-event plan in flag mode, as a file).
+Rounds alternate the order. It prints ingest events/s (the fill) and end-to-end events/s (from the
+first request until every event is settled for the destination: delivered + skipped on
+/metrics), the governed run's ratio to the plain one (target: at least 0.90), and the server's CPU
+per event (which shows the cost when events/s are bound by the disk or a busy machine).
 """
 
 from __future__ import annotations
@@ -82,11 +92,115 @@ def per_event_us(fn, batch: list[dict], repeat: int) -> float:
     return best / len(batch) * 1e6
 
 
+E2E_STEPS = [dict(s) for s in STEPS[:3]] + [{"sample": {"percent": 90, "by": "messageId"}}, STEPS[4]]
+
+
+def _settled(url: str) -> float:
+    """delivered + skipped for the destination `hook`, from the server's /metrics."""
+    from benchmarks.common import http_get
+
+    text = http_get(url + "/metrics", 5)[1].decode()
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith("trackrelay_events_delivered_total{") or line.startswith("trackrelay_events_skipped_total{")) \
+                and 'destination="hook"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def end_to_end_once(workdir: Path, governed: bool, events_n: int, tag: str) -> dict:
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmarks.common import WRITE_KEY, CpuMeter, Procs, free_port, start_helper, wait_http
+    from benchmarks.common import PYTHON
+    from delivery import fill
+
+    procs = Procs()
+    try:
+        _rproc, receiver = start_helper(procs, workdir, "receiver")
+        port = free_port()
+        source: dict = {"name": "bench", "write_keys": [WRITE_KEY]}
+        dest: dict = {"name": "hook", "type": "webhook", "settings": {"url": receiver + "/hook", "batch_size": 500},
+                      "delivery": {"max_batch_events": 500, "concurrency": 4}}
+        if governed:
+            plan = plan_of_20()
+            data = {"events": {name: schema.schema if schema is not None else None
+                               for name, schema in plan.events.items()}, "identify": {"type": "object"}}
+            (workdir / "plan.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+            source["tracking_plan"] = {"file": str(workdir / "plan.yaml"), "unplanned_events": "flag",
+                                       "on_violation": "flag"}
+            dest["filters"] = E2E_STEPS
+        config = {"server": {"host": "127.0.0.1", "port": port},
+                  "storage": {"path": str(workdir / f"data-{tag}"), "durability": "full"},
+                  "sources": [source], "destinations": [dest], "logging": {"level": "warning", "format": "json"}}
+        cfg = workdir / f"{tag}.yaml"
+        cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        proc = procs.start([PYTHON, "-m", "proxy", "serve", "--config", str(cfg)], log_path=workdir / f"{tag}.log",
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/readyz", proc)
+        with CpuMeter(proc.pid) as cpu:
+            t0 = time.monotonic()
+            f = fill(url, workdir, events_n, tag)
+            fill_s = time.monotonic() - t0
+            stored = f["events_ok"]
+            deadline = time.monotonic() + 600
+            while _settled(url) < stored and time.monotonic() < deadline:
+                time.sleep(0.05)
+            total_s = time.monotonic() - t0
+        settled = _settled(url)
+        procs.stop(proc)
+        return {"governed": governed, "stored": stored, "settled": settled, "ingest": stored / fill_s,
+                "e2e": stored / total_s, "cpu": cpu.server, "cpu_us": cpu.server * total_s / max(1, stored) * 1e6}
+    finally:
+        procs.close()
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="tr-gov-bench-"))
+    runs: list[dict] = []
+    try:
+        for r in range(args.rounds):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for governed in order:
+                res = end_to_end_once(workdir, governed, args.e2e_events, f"{'gov' if governed else 'plain'}-{r}")
+                runs.append(res)
+                print(f"  round {r + 1} {'governed' if governed else 'plain   '}: ingest {res['ingest']:,.0f} events/s, "
+                      f"end-to-end {res['e2e']:,.0f} events/s ({res['settled']:.0f} of {res['stored']} settled), "
+                      f"server cores {res['cpu']:.2f} ({res['cpu_us']:.0f} µs CPU per event)", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def best(governed: bool, key: str) -> float:
+        return max(r[key] for r in runs if r["governed"] is governed)
+    print(f"\n{'':<12} {'ingest ev/s':>12} {'end-to-end ev/s':>16}   (best of {args.rounds})")
+    for governed in (False, True):
+        print(f"{'governed' if governed else 'plain':<12} {best(governed, 'ingest'):>12,.0f} {best(governed, 'e2e'):>16,.0f}")
+    for key, what in (("ingest", "ingest"), ("e2e", "end-to-end")):
+        ratio = best(True, key) / best(False, key)
+        print(f"governed / plain, {what}: {ratio:.3f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
+    cpu = {g: min(r["cpu_us"] for r in runs if r["governed"] is g) for g in (False, True)}
+    print(f"server CPU per event (ingest + delivery): plain {cpu[False]:.0f} µs, governed {cpu[True]:.0f} µs "
+          f"(+{cpu[True] - cpu[False]:.0f} µs); when the server is not CPU-bound (disk, a loaded machine) "
+          "events/s hide the difference and this is the figure to compare")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--end-to-end", action="store_true", help="real servers with and without the set (see above)")
+    ap.add_argument("--e2e-events", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
+    if args.end_to_end:
+        print(f"load average {os.getloadavg()[0]:.2f}; {args.e2e_events} events per run, 100 per request")
+        end_to_end(args)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     print(f"commit {commit or '?'}; load average {os.getloadavg()[0]:.2f}; {args.events} events of "

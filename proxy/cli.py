@@ -196,7 +196,10 @@ def _run(config: Config, fn, *args, missing_ok: bool = False):  # type: ignore[n
 
 
 async def _orphans(spool, config: Config) -> list[str]:  # type: ignore[no-untyped-def]
+    from proxy.governance.blocked import blocked_destination
+
     configured = {d.name for d in config.destinations if d.enabled}
+    configured |= {blocked_destination(s.name) for s in config.sources if s.tracking_plan is not None}
     return [name for name in await spool.known_destinations() if name not in configured]
 
 

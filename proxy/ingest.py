@@ -31,6 +31,8 @@ from aiohttp import web
 
 from proxy import spec
 from proxy.config import Config
+from proxy.governance.blocked import SKIP_BLOCKED, blocked_destination
+from proxy.governance.plans import SourcePlan
 from proxy.metrics import METRICS
 from proxy.observe import TAPS
 from proxy.routing import Router
@@ -158,6 +160,9 @@ class Ingest:
         # labelled counters resolved once: .labels() on every request is measurable
         self._received = {s.name: METRICS.events_received.labels(s.name) for s in config.sources}
         self._stored = {s.name: METRICS.events_stored.labels(s.name) for s in config.sources}
+        # tracking plans (only sources with one parse their items); blocked variants of routes
+        self.plans = {s.name: plan for s in config.sources if (plan := SourcePlan.from_config(s)) is not None}
+        self._blocked: dict[int, tuple[Route, Route]] = {}
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -249,6 +254,36 @@ class Ingest:
         for dest, reason in skipped.items():
             METRICS.skipped.labels(dest, reason).inc()
         return slot
+
+    def apply_plan(self, plan: SourcePlan, raw: bytes, fields: _Fields, routes: list[Route], cache: dict[int, int],
+                   slot: int) -> tuple[int, list[dict[str, str]] | None]:
+        """The source's tracking plan on one item: (route index, violations to store with it).
+        allow: as routed, nothing stored; flag: as routed, with its violations (delivered at
+        context.violations); block: routed only to the source's blocked store, every destination
+        it would have reached skipped with ``blocked_by_tracking_plan`` (counted)."""
+        event = orjson.loads(raw)
+        event["type"] = fields.type  # checked: the path's call type wins over the body's
+        decision = plan.decide(event)
+        if decision.action == "allow":
+            return slot, None
+        violations = [v.as_dict() for v in decision.violations]
+        if decision.action == "flag":
+            return slot, violations
+        route = routes[slot]
+        pair = self._blocked.get(id(route))
+        if pair is None or pair[0] is not route:
+            skipped = {**route.skipped, **{d: SKIP_BLOCKED for d in route.destinations}}
+            pair = (route, Route((blocked_destination(plan.source),), skipped))
+            if len(self._blocked) < 4096:
+                self._blocked[id(route)] = pair  # holds the route, so its id is not reused meanwhile
+        for dest in route.destinations:
+            METRICS.skipped.labels(dest, SKIP_BLOCKED).inc()
+        blocked = pair[1]
+        index = cache.get(id(blocked))
+        if index is None:
+            index = cache[id(blocked)] = len(routes)
+            routes.append(blocked)
+        return index, violations
 
     def check_item(self, raw: bytes, fields: _Fields, call_type: str | None, batch_context: bool,
                    batch_integrations: bool) -> None:
@@ -422,8 +457,13 @@ class Ingest:
             mid = fields.messageId
             if not mid:
                 mid = generated = f"api-{uuid.uuid4()}"
-            items.append(Item(raw, dedup_hash(source, mid), self.route_index(
-                routes, route_cache, source, fields, batch_integrations), index, generated))
+            slot = self.route_index(routes, route_cache, source, fields, batch_integrations)
+            plan = self.plans.get(source) if self.plans else None
+            if plan is None:
+                items.append(Item(raw, dedup_hash(source, mid), slot, index, generated))
+            else:
+                slot, violations = self.apply_plan(plan, raw, fields, routes, route_cache, slot)
+                items.append(Item(raw, dedup_hash(source, mid), slot, index, generated, violations))
 
         self._received[source].inc(len(items) + len(rejected))
         self._last_items = items_raw

@@ -51,6 +51,8 @@ from destinations.base import (
     body_excerpt,
 )
 from proxy.config import Config, DestinationConfig, EffectiveDelivery
+from proxy.governance.blocked import SKIP_BLOCKED, blocked_destination, blocked_reason
+from proxy.governance.filters import DestinationPipeline
 from proxy.metrics import METRICS
 from proxy.observe import TAPS
 from proxy.spool import Disposition, Settlement, Spool, Work
@@ -111,6 +113,9 @@ class DestinationWorker:
         self._next_send = 0.0
         self._rate_lock = asyncio.Lock()
         self.log = log.bind(destination=self.name, type=self.adapter.type)
+        # the list form of `filters` and `transform`, compiled once; None when there are none
+        pipeline = DestinationPipeline.from_config(dest)
+        self.pipeline: DestinationPipeline | None = pipeline if pipeline.active else None
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -224,9 +229,57 @@ class DestinationWorker:
     # -- sending --------------------------------------------------------------------------------
 
     async def deliver(self, batch: list[Work], probe: bool = False) -> None:
-        messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index), raw=w.raw) for w in batch]
-        results = await self.send(messages, [w.done for w in batch])
-        await self.record(batch, messages, results, probe)
+        if self.pipeline is None:
+            messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index), raw=w.raw) for w in batch]
+            results = await self.send(messages, [w.done for w in batch])
+            await self.record(batch, messages, results, probe)
+            return
+        # filter steps and transform: each Work is skipped, dead-lettered, or becomes 1..N messages
+        kept: list[Work] = []
+        originals: list[Message] = []
+        messages = []
+        owners: list[int] = []       # messages[i] comes from kept[owners[i]]
+        settled: list[Settlement] = []
+        for w in batch:
+            key = self.engine.write_key(w.source, w.key_index)
+            try:
+                event = w.parsed()
+            except (ValueError, TypeError):  # unparseable stored bytes: the adapter path records it as today
+                event = None
+            applied = self.pipeline.apply(event) if event is not None else None
+            if applied is not None and applied.error is not None:
+                METRICS.dead_lettered.labels(self.name, "transform").inc()
+                self.log.warning("event_dead_lettered", message_id=w.message_id, reason="transform error",
+                                 error=applied.error.strip().splitlines()[-1][:300])
+                settled.append(Settlement(w, Disposition.DEAD, applied.error, attempts=w.attempts,
+                                          done=w.done, first_failed=w.first_failed))
+                continue
+            if applied is not None and applied.skip is not None:
+                METRICS.skipped.labels(self.name, applied.skip).inc()
+                self.log.debug("event_skipped", message_id=w.message_id, reason=applied.skip)
+                settled.append(Settlement(w, Disposition.SKIPPED, applied.skip))
+                continue
+            original = Message(event, w.source, key, raw=w.raw)
+            kept.append(w)
+            originals.append(original)
+            if applied is None:
+                messages.append(original)
+                owners.append(len(kept) - 1)
+                continue
+            for out in applied.events:  # the unchanged event keeps its stored bytes (pass-through adapters)
+                messages.append(original if out is event else Message(out, w.source, key))
+                owners.append(len(kept) - 1)
+        if settled:
+            await self.spool.settle(self.name, settled)
+            if TAPS.settled:
+                TAPS.emit(TAPS.settled, self.name, settled)
+        if not kept:
+            if probe:
+                self.probing = False
+            self.wake.set()
+            return
+        results = await self.send(messages, [kept[o].done for o in owners])
+        await self.record(kept, originals, fold_results(owners, results, len(kept)), probe)
 
     async def send(self, messages: list[Message], done: list[frozenset[str]] | None = None) -> list[Result]:
         """Build and send the requests for ``messages``; ``done[i]`` are the keys of requests that
@@ -436,6 +489,33 @@ class DestinationWorker:
                 self.log.warning("shutdown_cancelled_inflight", batches=len(not_done))
 
 
+def fold_results(owners: Sequence[int], results: Sequence[Result], works: int) -> list[Result]:
+    """One Result per Work from the results of its messages (a transform may turn one event into
+    several): ``results[i]`` belongs to Work ``owners[i]``. A Work's outcome is the worst of its
+    messages' — dead (PERMANENT) over retry over delivered over skipped, so it is skipped only when
+    every message was — with that message's reason, status and response, the longest Retry-After,
+    the most attempts, and as ``done`` only the request keys every one of its messages got done (a
+    retry then re-sends what any of them still needs). A Work with no message is skipped."""
+    grouped: list[list[Result]] = [[] for _ in range(works)]
+    for owner, res in zip(owners, results):
+        grouped[owner].append(res)
+    rank = {None: -1, **_SEVERITY}
+    out: list[Result] = []
+    for group in grouped:
+        if not group:
+            out.append(Result(None, "no event to send"))
+            continue
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        worst = max(group, key=lambda r: rank[r.verdict])
+        done = frozenset.intersection(*(r.done for r in group))
+        waits = [r.retry_after for r in group if r.verdict is worst.verdict and r.retry_after is not None]
+        out.append(Result(worst.verdict, worst.reason, worst.status, worst.response, max(waits) if waits else None,
+                          max(r.attempts for r in group), done))
+    return out
+
+
 def request_key(req: Request) -> str:
     """Names a request among a message's requests (method and URL without its query), so a retry
     can leave out the ones that already succeeded."""
@@ -455,6 +535,49 @@ def _safe_url(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+class BlockedWorker:
+    """Moves what ingest routed to a source's pseudo-destination ``(blocked:<source>)`` (events its
+    tracking plan blocked) into that pseudo-destination's dead letters: the blocked store (see
+    proxy/governance/blocked.py). Nothing is sent anywhere."""
+
+    def __init__(self, source: str, spool: Spool) -> None:
+        self.name = blocked_destination(source)
+        self.spool = spool
+        self.stopping = False
+        self.task: asyncio.Task | None = None
+        self.log = log.bind(destination=self.name)
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"blocked:{self.name}")
+
+    async def run(self) -> None:
+        while not self.stopping:
+            try:
+                works = await self.spool.lease(self.name, 500, 5 * 1024 * 1024)
+                if not works:
+                    await self.spool.wait(self.name, 1.0)
+                    continue
+                settlements = [Settlement(w, Disposition.DEAD, blocked_reason(w.parsed())) for w in works]
+                await self.spool.settle(self.name, settlements)
+                METRICS.dead_lettered.labels(self.name, SKIP_BLOCKED).inc(len(works))
+                self.log.info("events_blocked", count=len(works))
+                if TAPS.settled:
+                    TAPS.emit(TAPS.settled, self.name, settlements)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep going; what was leased and not settled is leased again
+                self.log.error("worker_error", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.spool.wake(self.name)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
 class DeliveryEngine:
     def __init__(self, config: Config, spool: Spool) -> None:
         self.config = config
@@ -463,6 +586,9 @@ class DeliveryEngine:
             DestinationWorker(d, d.effective_delivery(config.delivery), spool, self)
             for d in config.destinations if d.enabled
         ]
+        # the blocked store of each source with a tracking plan (whatever its actions now: a plan
+        # changed from block to flag still has its blocked events moved)
+        self.blocked = [BlockedWorker(s.name, spool) for s in config.sources if s.tracking_plan is not None]
         self._keys = {s.name: [SecretStr(k) for k in s.write_keys] for s in config.sources}
         self.session: aiohttp.ClientSession | None = None
 
@@ -473,11 +599,11 @@ class DeliveryEngine:
         return keys[key_index] if 0 <= key_index < len(keys) else keys[0]
 
     def active_destinations(self) -> list[str]:
-        return [w.name for w in self.workers]
+        return [w.name for w in self.workers] + [b.name for b in self.blocked]
 
     def problems(self) -> list[str]:
         out = []
-        for w in self.workers:
+        for w in [*self.workers, *self.blocked]:
             if w.task is None:
                 out.append(f"{w.name}: not started")
             elif w.task.done():
@@ -490,12 +616,14 @@ class DeliveryEngine:
             headers={"User-Agent": "trackrelay/0.1"},
             auto_decompress=True,
         )
-        await self.spool.attach([w.name for w in self.workers])
+        await self.spool.attach(self.active_destinations())
         for w in self.workers:
             await w.start()
+        for b in self.blocked:
+            await b.start()
 
     async def stop(self, grace: float) -> None:
-        await asyncio.gather(*(w.stop(grace) for w in self.workers))
+        await asyncio.gather(*(w.stop(grace) for w in self.workers), *(b.stop() for b in self.blocked))
         if self.session is not None:
             await self.session.close()
 

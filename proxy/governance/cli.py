@@ -70,3 +70,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--since", help="ISO time or a duration ago (e.g. 24h); default: every stored event")
     infer.add_argument("--output", "-o", help="write the plan to this file (default: stdout)")
     infer.set_defaults(func=cmd_plan_infer)
+    from proxy.governance.blocked import add_subcommands as add_blocked_commands
+
+    add_blocked_commands(psub)

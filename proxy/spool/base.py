@@ -70,6 +70,7 @@ class Item:
     route: int                    # index into Append.routes
     index: int = 0                # position in the request's batch (0 for single-event paths)
     message_id: str | None = None  # the messageId ingest generated when the client sent none
+    violations: list[dict] | None = None  # tracking-plan violations, set at context.violations when read
 
 
 @dataclass(slots=True)
@@ -330,6 +331,16 @@ class Spool(abc.ABC):
     async def replay(self, query: DeadQuery, destinations: Sequence[str], progress: Progress | None = None) -> int:
         """Put matching dead letters of the given (enabled) destinations back on their queue, due
         now, with their attempts reset; return how many. Safe while a server delivers."""
+
+    @abc.abstractmethod
+    async def reroute(self, query: DeadQuery, route: Callable[[DeadLetter], Sequence[str]],
+                      progress: Progress | None = None) -> int:
+        """Move each matching dead letter (of any destination) onto the queues of the destinations
+        ``route(letter)`` names — the letter is given with its event — due now, attempts reset, and
+        delete it; a letter for which ``route`` names none stays where it is. Return how many were
+        moved; ``progress(n)`` is told how many so far. ``trackrelay plan blocked replay`` uses it: a blocked event is a dead letter of the
+        pseudo-destination ``(blocked:<source>)`` and goes, at replay, to the destinations it would
+        have reached. Safe while a server delivers."""
 
     @abc.abstractmethod
     async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -386,6 +386,29 @@ class MemorySpool(Spool):
             del self.store.dead[int(x.id)]
             count += 1
             self._notify(x.destination)
+            if progress is not None:
+                progress(count)
+        return count
+
+    async def reroute(self, query: DeadQuery, route: Callable[[DeadLetter], Sequence[str]],
+                      progress: Progress | None = None) -> int:
+        matching = self._matching(query)
+        if query.limit is not None:
+            matching = matching[:query.limit]
+        now = time.time()
+        count = 0
+        for d in matching:
+            x = d.letter
+            targets = list(dict.fromkeys(route(x)))
+            if not targets:
+                continue
+            for target in targets:
+                rkey = next(self.store.ids)
+                self.store.retries.setdefault(target, {})[rkey] = _Retry(
+                    rkey, x.event or b"{}", x.source, d.key_index, d.received_at, now, 0, None, frozenset(), None, "")
+                self._notify(target)
+            del self.store.dead[int(x.id)]
+            count += 1
             if progress is not None:
                 progress(count)
         return count

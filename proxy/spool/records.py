@@ -10,8 +10,10 @@ written once and read as often as destinations need.
 The header holds: format version, receivedAt, source, write-key index, client ip, short-path flag,
 path call type, batch sentAt / context / integrations (raw JSON), the distinct routes
 (destinations, skip reasons), per item (length, dedup hash, route, batch index, generated
-messageId), the rejected items' (index, reason), and whether the items are already enriched
-(records converted from a v0 spool).
+messageId), the rejected items' (index, reason), whether the items are already enriched
+(records converted from a v0 spool), and the tracking-plan violations of flagged or blocked items
+(position -> violations JSON; :func:`materialize` puts them at ``context.violations``). Fields are
+only ever added at the end, with a default, so records written before a field existed still decode.
 
 The embedded backend frames a payload for its segment files (:func:`frame`: u32 length | u32
 CRC-32 | payload; :func:`scan` reads frames back and stops at the first torn or corrupt one);
@@ -58,6 +60,8 @@ class Header(msgspec.Struct, array_like=True, forbid_unknown_fields=False):
     items: list[tuple[int, int, int, int, str | None]]
     rejected: list[tuple[int, str]]
     enriched: bool = False
+    # position in the record -> the item's tracking-plan violations (JSON list), when it has some
+    violations: dict[int, bytes] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -73,6 +77,7 @@ def encode(request: Append, items: Sequence[Item] | None = None) -> bytes:
         [(r.destinations, dict(r.skipped)) for r in request.routes],
         [(len(it.raw), it.dedup, it.route, it.index, it.message_id) for it in items],
         request.rejected, request.enriched,
+        {pos: orjson.dumps(it.violations) for pos, it in enumerate(items) if it.violations} or None,
     )
     head = _encoder.encode(header)
     return b"".join([_U32.pack(len(head)), head, *[it.raw for it in items]])
@@ -117,7 +122,7 @@ class Record:
         event: dict[str, Any] = orjson.loads(raw)
         h = self.header
         if h.enriched:
-            return event
+            return self._violations(position, event)
         if self._batch is None:
             batch: dict[str, Any] = {}
             if h.context:
@@ -136,7 +141,22 @@ class Record:
         mid = h.items[position][4]
         if mid is not None:
             event["messageId"] = mid
-        return enrich(event, h.received_at, received_iso, sent, h.client_ip, h.short_path)
+        return self._violations(position, enrich(event, h.received_at, received_iso, sent, h.client_ip, h.short_path))
+
+    def violations_of(self, position: int) -> list[dict[str, Any]] | None:
+        """The tracking-plan violations ingest recorded for item ``position``, if any."""
+        found = self.header.violations
+        data = found.get(position) if found else None
+        return orjson.loads(data) if data is not None else None
+
+    def _violations(self, position: int, event: dict[str, Any]) -> dict[str, Any]:
+        violations = self.header.violations
+        if violations and position in violations:
+            context = event.get("context")
+            if not isinstance(context, dict):
+                context = event["context"] = {}
+            context["violations"] = orjson.loads(violations[position])
+        return event
 
     def stored_events(self) -> Iterator[StoredEvent]:
         h = self.header

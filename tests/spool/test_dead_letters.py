@@ -139,3 +139,63 @@ async def test_forget_of_a_destination_with_nothing_but_a_cursor(harness):
     spool = await harness.restart(spool)
     assert "Gone" not in await spool.known_destinations()
     assert "A" in await spool.known_destinations()
+
+
+async def test_reroute_moves_dead_letters_to_the_destinations_route_names(harness):
+    """The blocked store's replay: a dead letter of one (pseudo-)destination goes to others."""
+    spool = await harness.open()
+    await spool.attach(["(blocked:web)", "A", "B"])
+    for dest, ids in (("(blocked:web)", ("x1", "x2", "x3")), ("A", ("a1",))):
+        await spool.append(req(*(ev(i) for i in ids), dests=(dest,)))
+        works: list = []
+        for _ in range(50):  # a broker-backed lease may need a moment for a just-created consumer
+            works += await lease_all(spool, dest)
+            if len(works) >= len(ids):
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(mids(works)) == list(ids)
+        await spool.settle(dest, [Settlement(w, Disposition.DEAD, reason="blocked_by_tracking_plan", attempts=0)
+                                  for w in works])
+    targets = {"x1": ["A", "B"], "x2": ["B", "B"], "x3": []}   # x3 would reach nothing: it stays
+    seen_events: dict[str, dict] = {}
+
+    def route(letter):
+        assert letter.event is not None           # the letter comes with its event
+        seen_events[letter.message_id] = orjson.loads(letter.event)
+        return targets[letter.message_id]
+
+    assert await spool.reroute(DeadQuery(destination="(blocked:web)"), route) == 2
+    assert set(seen_events) == {"x1", "x2", "x3"} and seen_events["x1"]["event"] == "Clicked"
+    left = sorted(d.message_id for d in (await spool.dead_letters(DeadQuery()))[0])
+    assert left == ["a1", "x3"]
+    a = await lease_all(spool, "A", new=False)
+    assert mids(a) == ["x1"] and a[0].attempts == 0 and a[0].parsed()["event"] == "Clicked"
+    await spool.settle("A", [Settlement(w, Disposition.DELIVERED) for w in a])
+    assert sorted(await deliver_all(spool, "B")) == ["x1", "x2"]   # once each, however often named
+    spool = await harness.restart(spool)
+    await spool.attach(["(blocked:web)", "A", "B"])
+    assert await lease_all(spool, "A") == [] and await lease_all(spool, "B") == []
+
+
+async def test_violations_recorded_at_ingest_reach_the_event_its_retry_and_its_dead_letter(harness):
+    spool = await harness.open()
+    await spool.attach(["A"])
+    append = req(ev("v1"), ev("ok"), ev("v2"))
+    violation = {"type": "Required", "field": "properties.order_id", "description": "properties.order_id is required"}
+    append.items[0].violations = [violation]
+    append.items[2].violations = [violation, {"type": "Unplanned", "field": "event", "description": "x"}]
+    await spool.append(append)
+    works = await lease_all(spool, "A")
+    got = {w.message_id: w.parsed() for w in works}
+    assert got["v1"]["context"]["violations"] == [violation]
+    assert "violations" not in got["ok"].get("context", {})
+    assert len(got["v2"]["context"]["violations"]) == 2
+    by = {w.message_id: w for w in works}
+    await spool.settle("A", [Settlement(by["v1"], Disposition.RETRY, retry_at=0.0, attempts=1),
+                             Settlement(by["v2"], Disposition.DEAD, reason="bad", attempts=1),
+                             Settlement(by["ok"], Disposition.DELIVERED)])
+    (retry,) = await lease_all(spool, "A", new=False)
+    assert retry.parsed()["context"]["violations"] == [violation]
+    (letter,), _ = await spool.dead_letters(DeadQuery())
+    shown = await spool.dead_letter(letter.id)
+    assert len(orjson.loads(shown.event)["context"]["violations"]) == 2

@@ -258,3 +258,40 @@ async def test_a_failing_disk_refuses_with_503_and_shows_in_readiness_until_comm
         assert await lease_all(spool) == ["nospace"]
     finally:
         await spool.close()
+
+
+def test_a_record_written_before_the_violations_field_still_decodes():
+    """records.Header gains fields only at the end, with a default: an old header reads as no violations."""
+    import msgspec
+
+    from proxy.spool import records
+    from tests.spool.support import ev, req
+
+    class OldHeader(msgspec.Struct, array_like=True):  # the header as written before violations existed
+        version: int
+        received_at: float
+        source: str
+        key_index: int
+        client_ip: str | None
+        short_path: bool
+        call_type: str | None
+        sent_at: str | None
+        context: bytes | None
+        integrations: bytes | None
+        routes: list
+        items: list
+        rejected: list
+        enriched: bool = False
+
+    append = req(ev("m1"))
+    raw = append.items[0].raw
+    head = msgspec.msgpack.encode(OldHeader(1, append.received_at, "web", 0, None, False, None, None, None, None,
+                                            [(("A",), {})], [(len(raw), append.items[0].dedup, 0, 0, None)], []))
+    rec = records.Record(records._U32.pack(len(head)) + head + raw)
+    assert rec.header.violations is None and rec.violations_of(0) is None
+    event = rec.materialize(0, raw)
+    assert event["messageId"] == "m1" and "violations" not in event.get("context", {})
+    # and a new header with violations round-trips
+    append.items[0].violations = [{"type": "Unplanned", "field": "event", "description": "d"}]
+    new = records.Record(records.encode(append))
+    assert new.materialize(0, raw)["context"]["violations"][0]["type"] == "Unplanned"

@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -584,6 +584,31 @@ class EmbeddedSpool(Spool):
                 d.next_retry_check = 0.0
                 d.event.set()
         return done
+
+    async def reroute(self, query: DeadQuery, route: Callable[[DeadLetter], Sequence[str]],
+                      progress: Progress | None = None) -> int:
+        state = self._state()
+        letters, _ = await state.run(lambda c: State.dead_letters(c, query))
+        moved = 0
+        woken: set[str] = set()
+        for i in range(0, len(letters), 200):
+            moves: list[tuple[int, list[str]]] = []
+            for dl in letters[i:i + 200]:
+                full = await state.run(lambda c, id=dl.id: State.dead_letter(c, id))
+                targets = list(dict.fromkeys(route(full))) if full is not None else []
+                if targets:
+                    moves.append((int(dl.id), targets))
+                    woken.update(targets)
+            if moves:
+                moved += await state.run(lambda c, moves=moves: State.reroute_chunk(c, moves))
+                if progress is not None:
+                    progress(moved)
+        for name in woken:
+            d = self._dests.get(name)
+            if d is not None:
+                d.next_retry_check = 0.0
+                d.event.set()
+        return moved
 
     async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
         state = self._state()

@@ -264,6 +264,21 @@ class State:
         return conn.execute(f"DELETE FROM dead WHERE id IN ({marks})", list(ids)).rowcount
 
     @staticmethod
+    def reroute_chunk(conn: sqlite3.Connection, moves: Sequence[tuple[int, Sequence[str]]]) -> int:
+        """Each dead letter (id) becomes a retry, due now, of each destination named with it; then it
+        is deleted. Returns how many dead letters were moved (one may have gone meanwhile)."""
+        now = time.time()
+        moved = 0
+        for did, targets in moves:
+            for dest in targets:
+                conn.execute(
+                    "INSERT INTO retry (dest, due, attempts, first_failed, last_status, last_error, source, key_index,"
+                    " received_at, done, event) SELECT ?, ?, 0, ?, NULL, 'replayed', source, key_index,"
+                    " received_at, NULL, event FROM dead WHERE id = ?", (dest, now, now, did))
+            moved += conn.execute("DELETE FROM dead WHERE id = ?", (did,)).rowcount
+        return moved
+
+    @staticmethod
     def counts(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
         retries = dict(conn.execute("SELECT dest, COUNT(*) FROM retry GROUP BY dest").fetchall())
         dead = dict(conn.execute("SELECT dest, COUNT(*) FROM dead GROUP BY dest").fetchall())

@@ -43,7 +43,7 @@ import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,8 @@ def _one_item(rec: records.Record, pos: int, raw: bytes) -> bytes:
     h = rec.header
     _length, dedup, route, index, mid = h.items[pos]
     req = Append(source=h.source, key_index=h.key_index, received_at=h.received_at,
-                 items=[Item(raw, dedup, 0, index, mid)], routes=[rec.routes[route]], client_ip=h.client_ip,
+                 items=[Item(raw, dedup, 0, index, mid, rec.violations_of(pos))], routes=[rec.routes[route]],
+                 client_ip=h.client_ip,
                  short_path=h.short_path, call_type=h.call_type, sent_at=h.sent_at, context=h.context,
                  integrations=h.integrations, enriched=h.enriched)
     return records.encode(req)
@@ -918,6 +919,37 @@ class JetStreamSpool(Spool):
                    "done": [], "status": None, "reason": "replayed"}
             await self._publish(f"{self.prefix}.due.{token_of(dl.destination)}", _pack(due, payload),
                                 {"Nats-Msg-Id": f"replay:{self.prefix}:{seq}"}, loop.time() + self._cfg.publish_timeout)
+            with contextlib.suppress(_ApiError):
+                await self._api(f"$JS.API.STREAM.MSG.DELETE.{self.s_dead}", {"seq": seq, "no_erase": True})
+            n += 1
+            if progress is not None:
+                progress(n)
+        if n:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(f"{self.prefix}.notify", b"")
+        return n
+
+    async def reroute(self, query: DeadQuery, route: Callable[[DeadLetter], Sequence[str]],
+                      progress: Progress | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        matching = await self._dead_matching(query)
+        if query.limit is not None:
+            matching = matching[:query.limit]
+        n = 0
+        for seq, _dl in matching:
+            got = await self._get(self.s_dead, seq)
+            if got is None:
+                continue  # replayed by someone else meanwhile
+            targets = list(dict.fromkeys(route(self._dead_letter(seq, got[2], True))))
+            if not targets:
+                continue
+            _meta, payload = _unpack(got[2])
+            for target in targets:
+                due = {"destination": target, "due": time.time(), "attempts": 0, "first_failed": None,
+                       "done": [], "status": None, "reason": "replayed"}
+                await self._publish(f"{self.prefix}.due.{token_of(target)}", _pack(due, payload),
+                                    {"Nats-Msg-Id": f"reroute:{self.prefix}:{seq}:{target}"},
+                                    loop.time() + self._cfg.publish_timeout)
             with contextlib.suppress(_ApiError):
                 await self._api(f"$JS.API.STREAM.MSG.DELETE.{self.s_dead}", {"seq": seq, "no_erase": True})
             n += 1

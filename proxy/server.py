@@ -97,7 +97,7 @@ class Guard:
     open: int = 0
 
     @classmethod
-    def from_config(cls, config: Config, max_connections: int) -> "Guard":
+    def from_config(cls, config: Config, max_connections: int) -> Guard:
         s = config.server
         return cls(s.header_timeout, s.body_timeout, max_connections, s.overload_retry_after,
                    "*" in s.cors_origins)

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def parse_ts(value: Any) -> datetime:
     assert isinstance(value, str) and value, f"expected an ISO timestamp string, got {value!r}"
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     assert dt.tzinfo is not None, f"timestamp without a timezone: {value!r}"
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 def wait_for_stored(tr: Any, message_ids: Iterable[str], timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -232,7 +232,7 @@ def assert_enriched(
     assert stored.get("channel") == channel, f"{where}: channel {stored.get('channel')!r}, expected {channel!r}"
     assert stored.get("version") == 2, f"{where}: version {stored.get('version')!r}, expected 2"
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     received = parse_ts(stored.get("receivedAt"))
     assert now - max_delay <= received <= now + timedelta(seconds=1), f"{where}: receivedAt {received} not near now"
 

@@ -8,7 +8,6 @@ the connection or answered 408) or which status came back."""
 from __future__ import annotations
 
 import base64
-import os
 import re
 import resource
 import select
@@ -43,7 +42,7 @@ def read_until_closed(s: socket.socket, timeout: float = WAIT) -> bytes:
             out += chunk
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         raise AssertionError(f"the server did not close the connection in {timeout}s; got {out[:200]!r}")
     return out
 

@@ -321,7 +321,7 @@ async def api_live(request: web.Request) -> web.StreamResponse:
         while not watcher.closed:
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), 15.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 item = ...
             if watcher.dropped != reported:
                 reported = watcher.dropped

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,7 +25,7 @@ RATE_LIMITED = {"code": 429, "error": "Project exceeded rate limits. Please retr
 
 
 def segment_batch() -> list[dict]:
-    future = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
     ctx = {"ip": "198.51.100.4", "campaign": {"name": "launch", "source": "x"}}
     return [
         {"type": "identify", "messageId": "w-1", "userId": "u1", "anonymousId": "anon-1", "context": ctx,

@@ -9,8 +9,8 @@ import sys
 
 import orjson
 
-from proxy.delivery.engine import Result, fold_results
 from destinations.base import Verdict
+from proxy.delivery.engine import Result, fold_results
 from tests.fakes.base import FakeServer
 from tests.fakes.recorder import Recorder
 from tests.helpers import ROOT, WRITE_KEY, TrackRelay

@@ -99,7 +99,7 @@ class Container:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def run(self, timeout: float = 60) -> "Container":
+    def run(self, timeout: float = 60) -> Container:
         podman("rm", "-f", "--ignore", self.name)
         podman("run", "-d", "--name", self.name, "--network", NETWORK,
                "-p", f"127.0.0.1:{self.port}:8088", "-v", f"{self.volume}:/data",

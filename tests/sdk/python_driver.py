@@ -79,7 +79,7 @@ def main() -> None:
 
     # A batch of several events in one request: anonymous ids, an explicit (past) timestamp,
     # a client-supplied context.ip (must be kept), context.direct (server should fill context.ip).
-    past = client_mod.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=_dt.timezone.utc)
+    past = client_mod.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=_dt.UTC)
     for i in range(7):
         keep(client.track(anonymous_id=f"anon-{i}", event="Item Viewed", properties={"i": i, "run": run},
                           context={"run": run}))

@@ -329,8 +329,7 @@ async def _serve(app: web.Application, config: Config, *, host: str | None, port
                  extra=[f"{h}:{p}" for _a, h, p in sites])
         if started is not None:
             started()
-        while True:
-            await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never set: serve until the signal handler cancels this task
     finally:
         for extra_runner in reversed(extra_runners):
             await extra_runner.cleanup()

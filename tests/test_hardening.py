@@ -43,7 +43,7 @@ def read_until_closed(s: socket.socket, timeout: float = WAIT) -> bytes:
     except ConnectionResetError:
         pass
     except TimeoutError:
-        raise AssertionError(f"the server did not close the connection in {timeout}s; got {out[:200]!r}")
+        raise AssertionError(f"the server did not close the connection in {timeout}s; got {out[:200]!r}") from None
     return out
 
 
@@ -251,7 +251,7 @@ def test_requests_beyond_the_inflight_bound_get_429_at_once(tmp_path):
                                       "cors_origins": ["*"]}) as tr:
         body = event("inflight-held")
         held = []
-        for i in range(2):  # two requests whose bodies are still coming: in flight
+        for _ in range(2):  # two requests whose bodies are still coming: in flight
             s = connect(tr)
             s.sendall((f"POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                       + body[:10])

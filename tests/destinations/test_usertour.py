@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from destinations import usertour
 from destinations.base import Message, Request, Response, Verdict
@@ -208,8 +209,10 @@ def test_endpoint_override_for_self_hosted() -> None:
 
 
 def test_settings_need_project_and_environment() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="environment_id"):
         ADAPTER.validate_settings({"api_token": TOKEN, "project_id": "p"})
+    with pytest.raises(ValidationError, match="project_id"):
+        ADAPTER.validate_settings({"api_token": TOKEN, "environment_id": "e"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ def batch_sent_at(batch: dict[str, Any]) -> tuple[str, datetime] | None:
     """A batch's own ``sentAt``, raw and parsed (once per request, not per item), or None if absent or
     not a time."""
     raw = batch.get("sentAt")
-    parsed = parse_ts(raw) if raw else None
+    if not isinstance(raw, str):
+        return None
+    parsed = parse_ts(raw)
     return (raw, parsed) if parsed is not None else None
 
 

@@ -43,7 +43,7 @@ SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 1000
 MAX_BODY = 1024 * 1024
 
-CONSOLE = web.AppKey("console", "Console")
+CONSOLE: web.AppKey[Console] = web.AppKey("console")  # Console is defined below
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",

@@ -1013,7 +1013,8 @@ async def _post_bodies(url: str, bodies_file: Path, concurrency: int, out: Path)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    await asyncio.to_thread(out.write_text, json.dumps({"requests": len(bodies), "errors": errors, "elapsed": time.monotonic() - start}))
+    await asyncio.to_thread(out.write_text, json.dumps({"requests": len(bodies), "errors": errors,
+                                                        "elapsed": time.monotonic() - start}))
 
 
 def main(argv: list[str] | None = None) -> int:

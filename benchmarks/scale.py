@@ -131,10 +131,12 @@ def _run(mode: str, engine: str, spec: dict[str, Any], out: Path) -> subprocess.
                             cwd=ROOT)
 
 
-def one_run(engine: str, base: dict[str, Any], instances: int, batch: int, duration: float, tmp: Path) -> dict[str, Any]:
+def one_run(engine: str, base: dict[str, Any], instances: int, batch: int, duration: float,
+            tmp: Path) -> dict[str, Any]:
     run = tmp / f"{engine}-{instances}-{batch}-{uuid.uuid4().hex[:6]}"
     run.mkdir()
-    spec = {**base, "prefix": "b" + uuid.uuid4().hex[:8], "batch": batch, "duration": duration, "path": str(run / "data")}
+    spec = {**base, "prefix": "b" + uuid.uuid4().hex[:8], "batch": batch, "duration": duration,
+            "path": str(run / "data")}
     if engine == "embedded" and instances > 1:
         return {}
     _run("drain", engine, {**spec, "attach_only": True}, run / "attach.json").wait()

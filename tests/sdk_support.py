@@ -114,7 +114,8 @@ def ensure_node_modules() -> Path:
         if IN_CI:
             pytest.fail(message + " (CI must run the real-client tests)")
         pytest.skip(message)
-    wanted = ["analytics-node-3.0", "analytics-node-3.1", "analytics-next-1.84", "analytics-next-1.83", "playwright-core"]
+    wanted = ["analytics-node-3.0", "analytics-node-3.1", "analytics-next-1.84", "analytics-next-1.83",
+              "playwright-core"]
     if not all((NODE_MODULES / name / "package.json").exists() for name in wanted):
         proc = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],

@@ -113,7 +113,8 @@ def test_tls_files_must_exist_and_unknown_write_key_policy(tmp_path):
     lines = str(err.value).splitlines()
     assert any(":3: server.tls.cert_file" in line and "missing.pem" in line for line in lines), lines
     assert any(":3: server.tls.key_file" in line for line in lines), lines
-    assert any(":4: server.unknown_write_key" in line and "'reject' or 'accept_and_drop'" in line for line in lines), lines
+    assert any(":4: server.unknown_write_key" in line and "'reject' or 'accept_and_drop'" in line
+               for line in lines), lines
     cfg = load_config(write(tmp_path, "sources: [{name: web, write_keys: [k]}]\n"), env={})
     assert cfg.server.tls is None and cfg.server.unknown_write_key == "reject"
 
@@ -136,7 +137,8 @@ def test_secret_values_never_in_errors(tmp_path):
     assert "SUPERSECRET" not in str(err.value) and "region" in str(err.value)
 
 
-@pytest.mark.parametrize("value,expected", [("500KB", 500_000), ("10GiB", 10 * 1024**3), (32768, 32768), ("1mb", 10**6)])
+@pytest.mark.parametrize("value,expected",
+                         [("500KB", 500_000), ("10GiB", 10 * 1024**3), (32768, 32768), ("1mb", 10**6)])
 def test_sizes(value, expected):
     assert parse_size(value) == expected
 

@@ -59,7 +59,8 @@ def make_leaf(ca: CA, cert_path: Path, key_path: Path, serial: int | None = None
             .sign(ca.key, hashes.SHA256()))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca.cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
+                          + ca.cert.public_bytes(serialization.Encoding.PEM))
     return serial
 
 

@@ -46,7 +46,8 @@ def test_an_event_forwarded_hours_late_keeps_its_event_time_in_segment():
     happened = now - timedelta(hours=2)
     iso = lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
     device = happened + timedelta(minutes=10)
-    stored = {**TRACK, "messageId": "late-1", "originalTimestamp": iso(device), "sentAt": iso(device + timedelta(seconds=1)),
+    stored = {**TRACK, "messageId": "late-1", "originalTimestamp": iso(device),
+              "sentAt": iso(device + timedelta(seconds=1)),
               "timestamp": iso(happened), "receivedAt": iso(happened + timedelta(seconds=1))}
     with FakeServer(make_app({"k"})) as fake:
         s = ADAPTER.validate_settings({"write_key": "k", "endpoint": fake.url})

@@ -11,7 +11,8 @@ whose now() is shifted, so both the events' "timestamp" and the request's "sentA
 exactly as on a machine with a wrong clock; the SDK code itself is untouched).
 
 Prints one JSON object on stdout: {"version", "sent": [message dicts as the SDK enqueued them],
-"resent": [messageIds sent a second time, in a later request], "errors": [...]}. Exit code 0 even if delivery failed; the test asserts on "errors".
+"resent": [messageIds sent a second time, in a later request], "errors": [...]}. Exit code 0 even if
+delivery failed; the test asserts on "errors".
 """
 
 from __future__ import annotations

@@ -93,11 +93,11 @@ def event_template() -> tuple[str, str]:
 def single_body(message_id: str) -> bytes:
     """A /v1/track body (write key in the JSON body) for one event."""
     prefix, suffix = event_template()
-    return ('{"writeKey":"%s",' % WRITE_KEY + prefix[1:] + message_id + suffix).encode()
+    return (f'{{"writeKey":"{WRITE_KEY}",' + prefix[1:] + message_id + suffix).encode()
 
 
 def batch_prefix_suffix() -> tuple[str, str]:
-    return '{"writeKey":"%s","sentAt":"2026-11-22T21:00:00.100Z","batch":[' % WRITE_KEY, "]}"
+    return f'{{"writeKey":"{WRITE_KEY}","sentAt":"2026-11-22T21:00:00.100Z","batch":[', "]}"
 
 
 def sample_body(per: int, base: str) -> bytes:
@@ -404,7 +404,7 @@ def wrk_script(path: Path, *, events_per_request: int, run_id: str, count_respon
     a Lua callback per response, so it is used for batches only."""
     prefix, suffix = event_template()
     bprefix, bsuffix = batch_prefix_suffix()
-    single_prefix = '{"writeKey":"%s",' % WRITE_KEY + prefix[1:]
+    single_prefix = f'{{"writeKey":"{WRITE_KEY}",' + prefix[1:]
     lua = f"""
 local prefix = {_lua_str(prefix)}
 local suffix = {_lua_str(suffix)}
@@ -855,10 +855,9 @@ def serve_receiver(port: int, keep_bodies: bool = False) -> None:
 
     async def dump(request: web.Request) -> web.Response:
         nonlocal kept
-        with open(request.query["path"], "wb") as f:
-            f.write(b"\n".join(kept or []) + b"\n")
-        n, kept = len(kept or []), None
-        return web.Response(text=str(n))
+        bodies, kept = kept or [], None
+        await asyncio.to_thread(Path(request.query["path"]).write_bytes, b"\n".join(bodies) + b"\n")
+        return web.Response(text=str(len(bodies)))
 
     app = web.Application(client_max_size=50 * 1024 * 1024)
     _ready_route(app)
@@ -925,7 +924,7 @@ async def _load(url: str, per: int, run_id: str, connections: int, duration: flo
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
         await asyncio.gather(*(worker(session) for _ in range(connections)))
     elapsed = time.monotonic() - start
-    out.write_text(json.dumps({
+    await asyncio.to_thread(out.write_text, json.dumps({
         "requests": ok + other, "duration_us": int(elapsed * 1e6), "ok": ok, "other": other, "status": other,
         "connect": errors, "read": 0, "write": 0, "timeout": 0,
         "p50_us": int(percentile(lat, 50) * 1e6), "p90_us": int(percentile(lat, 90) * 1e6),
@@ -944,7 +943,7 @@ async def _paced(url: str, rate: float, duration: float, run_id: str, senders: i
     import aiohttp
 
     prefix, suffix = event_template()
-    single_prefix = '{"writeKey":"%s",' % WRITE_KEY + prefix[1:]
+    single_prefix = f'{{"writeKey":"{WRITE_KEY}",' + prefix[1:]
     total = int(rate * duration)
     acked: dict[str, float] = {}
     send_lat: list[float] = []
@@ -984,7 +983,7 @@ async def _paced(url: str, rate: float, duration: float, run_id: str, senders: i
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
         await asyncio.gather(*(worker(session) for _ in range(senders)))
     elapsed = time.monotonic() - start
-    out.write_text(json.dumps({
+    await asyncio.to_thread(out.write_text, json.dumps({
         "sent": total, "acked": len(acked), "failures": failures, "late": late, "elapsed": elapsed,
         "ingest_p50_ms": percentile(send_lat, 50) * 1000, "ingest_p99_ms": percentile(send_lat, 99) * 1000,
         "acked_at": acked,
@@ -995,7 +994,7 @@ async def _post_bodies(url: str, bodies_file: Path, concurrency: int, out: Path)
     """POST pre-built JSON bodies (one per line in ``bodies_file``) with ``concurrency`` in flight."""
     import aiohttp
 
-    bodies = bodies_file.read_bytes().split(b"\n")
+    bodies = (await asyncio.to_thread(bodies_file.read_bytes)).split(b"\n")
     bodies = [b for b in bodies if b]
     idx = 0
     errors = 0
@@ -1014,7 +1013,8 @@ async def _post_bodies(url: str, bodies_file: Path, concurrency: int, out: Path)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    out.write_text(json.dumps({"requests": len(bodies), "errors": errors, "elapsed": time.monotonic() - start}))
+    await asyncio.to_thread(out.write_text, json.dumps({"requests": len(bodies), "errors": errors,
+                                                        "elapsed": time.monotonic() - start}))
 
 
 def main(argv: list[str] | None = None) -> int:

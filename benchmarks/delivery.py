@@ -134,8 +134,8 @@ def drain(procs: Procs, workdir: Path, n: int) -> dict[str, Any]:
     hole_url = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
     server = {"shutdown_grace": 1}
     try:
-        t1, url = start_trackrelay(procs, workdir, "drain-fill", data, [hook(hole_url, timeout=600, inflight_retries=0)],
-                                   server)
+        t1, url = start_trackrelay(procs, workdir, "drain-fill", data,
+                                   [hook(hole_url, timeout=600, inflight_retries=0)], server)
         t0 = time.monotonic()
         f = fill(url, workdir, n, "drain")
         fill_s = time.monotonic() - t0
@@ -145,7 +145,8 @@ def drain(procs: Procs, workdir: Path, n: int) -> dict[str, Any]:
     before = spool(t1)
     print(f"  (a) filled {before['events']} events in {fill_s:.1f} s ({f['events_ok'] / fill_s:,.0f} events/s through "
           f"ingest while the destination hung); stopped with SIGTERM (exit {rc}); hook: backlog "
-          f"{before['hook']['backlog']}, retries {before['hook']['retries']}, dead {before['hook']['dead']}", flush=True)
+          f"{before['hook']['backlog']}, retries {before['hook']['retries']}, dead {before['hook']['dead']}",
+          flush=True)
     stored = before["events"] if before["events"] is not None else f["events_ok"]
 
     # the receiver keeps what it receives: the baseline posts exactly those bodies again
@@ -164,7 +165,8 @@ def drain(procs: Procs, workdir: Path, n: int) -> dict[str, Any]:
     from_spawn = st["unique"] / (st["last"] - spawned) if st["last"] else 0.0
     print(f"  (a) drained {st['unique']} distinct events ({st['events']} received, {st['requests']} requests): "
           f"{steady:,.0f} events/s first→last receipt, {from_ready:,.0f}/s from /readyz, {from_spawn:,.0f}/s from "
-          f"process start; cores: trackrelay {cpu.server:.2f}, receiver {r_cores:.2f}, other {max(0, cpu.other - r_cores):.2f}; "
+          f"process start; cores: trackrelay {cpu.server:.2f}, receiver {r_cores:.2f}, "
+          f"other {max(0, cpu.other - r_cores):.2f}; "
           f"after: hook backlog {after['hook']['backlog']}, retries {after['hook']['retries']}, dead "
           f"{after['hook']['dead']}, peak RSS {mb(mem.get('VmHWM', 0))}", flush=True)
 
@@ -220,7 +222,8 @@ def latency(procs: Procs, workdir: Path, rate: float, duration: float, flush_int
            "cpu_server": cpu.server, "cpu_other": cpu.other, "received": st["events"]}
     print(f"  (b) [{label}] {res['acked']}/{res['sent']} answered 200 at {res['rate']:.0f} events/s "
           f"({res['late']} sent >50 ms late), {res['delivered']} delivered, {missing} missing; "
-          f"200→receipt p50 {res['p50']:.1f} ms, p90 {res['p90']:.1f} ms, p99 {res['p99']:.1f} ms, max {res['max']:.1f} ms; "
+          f"200→receipt p50 {res['p50']:.1f} ms, p90 {res['p90']:.1f} ms, p99 {res['p99']:.1f} ms, "
+          f"max {res['max']:.1f} ms; "
           f"ingest (send→200) p50 {res['ingest_p50']:.1f} ms p99 {res['ingest_p99']:.1f} ms; "
           f"cores: trackrelay {cpu.server:.2f}, other {cpu.other:.2f}", flush=True)
     return res

@@ -282,9 +282,11 @@ def main() -> int:
                 r.update(store=name, load=load)
                 results.append(r)
                 print(f"  {name:9} {r['commits'] / r['elapsed']:9,.0f} commits/s {r['appends'] / r['elapsed']:9,.0f} "
-                      f"appends/s {r['payload'] / r['elapsed'] / 1e6:7.1f} MB/s  group {r['appends'] / max(r['commits'], 1):5.1f}"
+                      f"appends/s {r['payload'] / r['elapsed'] / 1e6:7.1f} MB/s  "
+                      f"group {r['appends'] / max(r['commits'], 1):5.1f}"
                       f"  written/payload {r['written'] / max(r['payload'], 1):5.2f}  on disk/payload "
-                      f"{r['on_disk'] / max(r['payload'], 1):5.2f}  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms",
+                      f"{r['on_disk'] / max(r['payload'], 1):5.2f}  p50 {r['p50_ms']:6.2f} ms  "
+                      f"p99 {r['p99_ms']:7.2f} ms",
                       flush=True)
                 if not args.keep:
                     shutil.rmtree(directory, ignore_errors=True)
@@ -304,7 +306,8 @@ def main() -> int:
         for r in rows:
             mbs = r["payload"] / r["elapsed"]
             print(f"{load:8}{r['store']:10}{r['commits'] / r['elapsed']:10,.0f}{r['appends'] / r['elapsed']:11,.0f}"
-                  f"{mbs / 1e6:8.1f}{r['appends'] / max(r['commits'], 1):7.1f}{r['written'] / max(r['payload'], 1):11.2f}"
+                  f"{mbs / 1e6:8.1f}{r['appends'] / max(r['commits'], 1):7.1f}"
+                  f"{r['written'] / max(r['payload'], 1):11.2f}"
                   f"{r['on_disk'] / max(r['payload'], 1):8.2f}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}"
                   f"{mbs / best if best else 0:14.2f}")
     print()

@@ -45,8 +45,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
@@ -301,10 +299,11 @@ def summary(results: list[dict[str, Any]], ceiling: float, cost: dict[str, float
             check = "spool stats unavailable (see above)"
         written = f"{r['written_per_event'] / 1e3:9.2f}" if r.get("written_per_event") is not None else f"{'':9}"
         errs = f"  errors {r['errors']}" if r["errors"] else ""
+        bare_same_workers = "bare" + (f"/{r['workers']}" if r["workers"] > 1 else "")
         print(f"{r['kind']:19}{r['mode']:8}{r['rps']:9.0f}{r['eps']:11.0f}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}"
               f"{r['hwm'] / 2**20:8.1f}MB{written}{ratio(r, floor_of(r)):>9}"
               f"{ratio(r, by.get(('bare', r['mode']))):>8}"
-              f"{ratio(r, by.get(('bare' + ('/%d' % r['workers'] if r['workers'] > 1 else ''), r['mode']))):>10}"
+              f"{ratio(r, by.get((bare_same_workers, r['mode']))):>10}"
               f"{r['cpu_server']:9.2f}/{r['cpu_loadgen']:.2f}/{r['cpu_other']:.2f}{r['disk_mbs']:9.0f}  {check}{errs}")
     print()
     print("KB/event = bytes the server's processes wrote to storage (/proc/PID/io write_bytes - cancelled_write_bytes, "

@@ -91,7 +91,7 @@ async def _appender(engine: str, spec: dict[str, Any], out: Path) -> None:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     await spool.close()
     lat.sort()
-    out.write_text(json.dumps({
+    await asyncio.to_thread(out.write_text, json.dumps({
         "events": stored, "refused": refused, "seconds": duration,
         "p50": lat[len(lat) // 2] * 1000 if lat else None, "p99": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
         "cpu": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)}))
@@ -123,7 +123,7 @@ async def _drain(engine: str, spec: dict[str, Any], out: Path) -> None:
             await spool.settle("A", [Settlement(w, Disposition.DELIVERED) for w in works])
     seconds = time.perf_counter() - t0 - 0.6
     await spool.close()
-    out.write_text(json.dumps({"events": got, "seconds": seconds}))
+    await asyncio.to_thread(out.write_text, json.dumps({"events": got, "seconds": seconds}))
 
 
 def _run(mode: str, engine: str, spec: dict[str, Any], out: Path) -> subprocess.Popen[bytes]:
@@ -131,10 +131,12 @@ def _run(mode: str, engine: str, spec: dict[str, Any], out: Path) -> subprocess.
                             cwd=ROOT)
 
 
-def one_run(engine: str, base: dict[str, Any], instances: int, batch: int, duration: float, tmp: Path) -> dict[str, Any]:
+def one_run(engine: str, base: dict[str, Any], instances: int, batch: int, duration: float,
+            tmp: Path) -> dict[str, Any]:
     run = tmp / f"{engine}-{instances}-{batch}-{uuid.uuid4().hex[:6]}"
     run.mkdir()
-    spec = {**base, "prefix": "b" + uuid.uuid4().hex[:8], "batch": batch, "duration": duration, "path": str(run / "data")}
+    spec = {**base, "prefix": "b" + uuid.uuid4().hex[:8], "batch": batch, "duration": duration,
+            "path": str(run / "data")}
     if engine == "embedded" and instances > 1:
         return {}
     _run("drain", engine, {**spec, "attach_only": True}, run / "attach.json").wait()

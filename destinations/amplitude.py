@@ -262,7 +262,8 @@ def _revenue_fields(amount: float, props: Mapping[str, Any], revenue_type: str,
         out["price"] = to_number(product.get("price"))
         out["quantity"] = quantity(product)
     out["revenue"] = amount
-    pid = product_id(source) if product is not None else (str(props["product_id"]) if props.get("product_id") not in (None, "") else None)
+    pid = product_id(source) if product is not None else (
+        str(props["product_id"]) if props.get("product_id") not in (None, "") else None)
     if pid is not None:
         out["productId"] = pid
     out["revenueType"] = revenue_type
@@ -438,7 +439,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         encoded = [json_body(ev) for ev in plan]
         size = sum(len(e) + 1 for e in encoded)
         if size > max_bytes:
-            built.rejects.append(Reject(index, f"event is {size} bytes; an Amplitude {settings.api} request takes at most {MAX_BYTES[settings.api]}"))
+            built.rejects.append(Reject(index, f"event is {size} bytes; an Amplitude {settings.api} request takes "
+                                               f"at most {MAX_BYTES[settings.api]}"))
             continue
         groups.append((index, encoded))
 
@@ -449,7 +451,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
     def flush() -> None:
         if current:
             body = _events_body(key, [e for _, evs in current for e in evs], options)
-            built.requests.append(Request("POST", settings.events_url, dict(headers), body, tuple(i for i, _ in current)))
+            built.requests.append(Request("POST", settings.events_url, dict(headers), body,
+                                          tuple(i for i, _ in current)))
 
     for index, encoded in groups:
         extra = sum(len(e) + 1 for e in encoded)
@@ -469,7 +472,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         if chunk:
             mapping = "[" + ",".join(m.decode() for _, m in chunk) + "]"
             body = urlencode({"api_key": key, "mapping": mapping}).encode()
-            built.requests.append(Request("POST", settings.usermap_url, dict(form_headers), body, tuple(i for i, _ in chunk)))
+            built.requests.append(Request("POST", settings.usermap_url, dict(form_headers), body,
+                                          tuple(i for i, _ in chunk)))
 
     for index, mapping in mappings:
         # form encoding can triple a byte; budget on the encoded size
@@ -559,7 +563,8 @@ def _classify_events(request: Request, response: Response) -> Outcome:
     for i in invalid:
         if 0 <= i < len(positions):
             detail = ", ".join(fields.get(i, [])) or "device silenced"
-            per_message[positions[i]] = MessageOutcome(Verdict.PERMANENT, f"Amplitude refused the event: {error} ({detail})")
+            per_message[positions[i]] = MessageOutcome(Verdict.PERMANENT,
+                                                       f"Amplitude refused the event: {error} ({detail})")
     for i in throttled:
         if 0 <= i < len(positions) and positions[i] not in per_message:
             per_message[positions[i]] = MessageOutcome(Verdict.RETRY, "Amplitude throttled the event's user/device")

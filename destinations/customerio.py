@@ -205,7 +205,8 @@ def _person(identifier: str) -> dict[str, str]:
     """Customer.io person identifiers for a Segment userId (as Customer.io's own Segment
     integration resolves them)."""
     if _nbytes(identifier) > MAX_ID_BYTES:
-        raise RejectMessage(f"person identifier is {_nbytes(identifier)} bytes; Customer.io accepts at most {MAX_ID_BYTES}")
+        raise RejectMessage(f"person identifier is {_nbytes(identifier)} bytes; Customer.io accepts at most "
+                            f"{MAX_ID_BYTES}")
     if identifier.startswith("cio_") and len(identifier) > 4:
         return {"cio_id": identifier[4:]}
     if is_email(identifier):
@@ -243,13 +244,15 @@ def _attributes(traits: Mapping[str, Any], settings: Settings, drop: tuple[str, 
 
 def _check_attributes(attributes: Mapping[str, Any]) -> None:
     if len(attributes) > MAX_ATTRIBUTES:
-        raise RejectMessage(f"{len(attributes)} attributes; Customer.io accepts at most {MAX_ATTRIBUTES} in one request")
+        raise RejectMessage(f"{len(attributes)} attributes; Customer.io accepts at most {MAX_ATTRIBUTES} "
+                            "in one request")
     for key, value in attributes.items():
         if _nbytes(str(key)) > MAX_ATTRIBUTE_NAME_BYTES:
             raise RejectMessage(f"attribute name {str(key)[:40]!r}... is longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
         size = _nbytes(value) if isinstance(value, str) else len(json_body(value))
         if size > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise RejectMessage(f"value of attribute {str(key)!r} is {size} bytes; Customer.io accepts at most {MAX_ATTRIBUTE_VALUE_BYTES}")
+            raise RejectMessage(f"value of attribute {str(key)!r} is {size} bytes; Customer.io accepts at most "
+                                f"{MAX_ATTRIBUTE_VALUE_BYTES}")
 
 
 def _event_data(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -285,7 +288,8 @@ def _identify(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     if anon and "anonymous_id" not in attributes:
         attributes["anonymous_id"] = anon
     _check_attributes(attributes)
-    entry = _with_time({"type": "person", "identifiers": identifiers, "action": "identify", "attributes": attributes}, event)
+    entry = _with_time({"type": "person", "identifiers": identifiers, "action": "identify", "attributes": attributes},
+                       event)
     account = context(event).get("groupId")
     if account not in (None, "") and not _user_only(event):
         entry["cio_relationships"] = [
@@ -302,7 +306,8 @@ def _view_name(event: Mapping[str, Any], kind: str) -> str:
             raise RejectMessage("track call without an event name: Customer.io refuses blank event names")
         name = name.strip()
         if _nbytes(name) > MAX_EVENT_NAME_BYTES:
-            raise RejectMessage(f"event name is {_nbytes(name)} bytes; Customer.io accepts at most {MAX_EVENT_NAME_BYTES}")
+            raise RejectMessage(f"event name is {_nbytes(name)} bytes; Customer.io accepts at most "
+                                f"{MAX_EVENT_NAME_BYTES}")
         return name
     page = context(event).get("page")
     page = page if isinstance(page, Mapping) else {}
@@ -370,7 +375,8 @@ def _group(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             object_type = str(traits[key])
             break
     if not object_type.isdigit():
-        raise RejectMessage(f"object type id {object_type[:40]!r} is not a string-formatted integer as Customer.io requires")
+        raise RejectMessage(f"object type id {object_type[:40]!r} is not a string-formatted integer "
+                            "as Customer.io requires")
     attributes = _attributes(traits, settings, drop=_OBJECT_TYPE_KEYS)
     _check_attributes(attributes)
     entry: dict[str, Any] = {
@@ -398,7 +404,8 @@ def _alias(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         raise SkipMessage("alias with previousId equal to userId: nothing to merge")
     if previous == anonymous_id(event):
         return _with_time(
-            {"type": "person", "identifiers": _person(uid), "action": "identify", "attributes": {"anonymous_id": previous}},
+            {"type": "person", "identifiers": _person(uid), "action": "identify",
+             "attributes": {"anonymous_id": previous}},
             event,
         )
     return {"type": "person", "action": "merge", "primary": _person(uid), "secondary": _person(previous)}
@@ -435,7 +442,8 @@ def _build_track(messages: Sequence[Message], settings: Settings) -> Built:
         route, payload = mapped
         encoded = json_body(payload)
         if len(encoded) > MAX_ENTRY_BYTES:
-            built.rejects.append(Reject(i, f"{kind} is {len(encoded)} bytes once mapped; Customer.io accepts at most {MAX_ENTRY_BYTES} per item"))
+            built.rejects.append(Reject(i, f"{kind} is {len(encoded)} bytes once mapped; Customer.io accepts at most "
+                                           f"{MAX_ENTRY_BYTES} per item"))
             continue
         (entries if route == "v2" else anonymous).append((i, encoded))
     envelope = len(b'{"batch":}')
@@ -484,7 +492,8 @@ def _build_pipelines(messages: Sequence[Message], settings: Settings) -> Built:
             event["context"] = {k: v for k, v in ctx.items() if k != "groupId"}
         encoded = json_body(event)
         if len(encoded) > MAX_ENTRY_BYTES:
-            built.rejects.append(Reject(i, f"event is {len(encoded)} bytes; the Data Pipelines API accepts at most {MAX_ENTRY_BYTES} per call"))
+            built.rejects.append(Reject(i, f"event is {len(encoded)} bytes; the Data Pipelines API accepts at most "
+                                           f"{MAX_ENTRY_BYTES} per call"))
             continue
         items.append((i, encoded))
     envelope = len(b'{"batch":}')
@@ -530,7 +539,8 @@ def classify(request: Request, response: Response) -> Outcome:
         else:
             unplaced.append(detail)
     if unplaced and not per_message:
-        return Outcome(Verdict.RETRY, f"HTTP {response.status} with errors not tied to an item: {'; '.join(unplaced)[:300]}")
+        return Outcome(Verdict.RETRY,
+                       f"HTTP {response.status} with errors not tied to an item: {'; '.join(unplaced)[:300]}")
     return Outcome(Verdict.OK, per_message=per_message)
 
 

@@ -560,7 +560,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         encoded = json_body(mapped)
         prefix = json_body(head)[:-1] + b',"events":['
         if len(prefix) + len(encoded) + 2 >= MAX_BODY_BYTES:
-            built.rejects.append(Reject(i, f"event is {len(encoded)} bytes; a GA4 request body must stay under {MAX_BODY_BYTES} bytes"))
+            built.rejects.append(Reject(i, f"event is {len(encoded)} bytes; a GA4 request body must stay under "
+                                           f"{MAX_BODY_BYTES} bytes"))
             continue
         groups.setdefault(prefix, []).append((i, encoded))
     url = settings.url
@@ -599,7 +600,8 @@ def classify(request: Request, response: Response) -> Outcome:
     body = response.json()
     found = body.get("validationMessages") if isinstance(body, Mapping) else None
     if not isinstance(found, list):
-        return Outcome(Verdict.PERMANENT, f"validation server answered without validationMessages: {response.body[:200]!r}")
+        return Outcome(Verdict.PERMANENT,
+                       f"validation server answered without validationMessages: {response.body[:200]!r}")
     if not found:
         return Outcome(Verdict.OK)
     per: dict[int, list[str]] = {}
@@ -607,14 +609,16 @@ def classify(request: Request, response: Response) -> Outcome:
     for message in found:
         if not isinstance(message, Mapping):
             continue
-        text = f"{message.get('validationCode', '?')} at {message.get('fieldPath', '?')}: {message.get('description', '')}"
+        text = (f"{message.get('validationCode', '?')} at {message.get('fieldPath', '?')}: "
+                f"{message.get('description', '')}")
         position = _message_event_index(message)
         if position is not None and position < len(request.messages):
             per.setdefault(request.messages[position], []).append(text)
         else:
             general.append(text)
     if general or not per:
-        return Outcome(Verdict.PERMANENT, "GA4 validation: " + "; ".join(general + [t for v in per.values() for t in v]))
+        return Outcome(Verdict.PERMANENT,
+                       "GA4 validation: " + "; ".join(general + [t for v in per.values() for t in v]))
     return Outcome(Verdict.OK, per_message={
         index: MessageOutcome(Verdict.PERMANENT, "GA4 validation: " + "; ".join(texts)) for index, texts in per.items()
     })

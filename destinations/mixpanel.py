@@ -434,7 +434,8 @@ def _plan(event: Mapping[str, Any], settings: Settings) -> _Planned | Skip | str
         return Skip(-1, f"Mixpanel has no mapping for call type {kind!r}")
     ids = _ids(event, settings)
     if ids is None:
-        return "no usable userId or anonymousId (Mixpanel refuses empty ids and values such as 'null', 'anonymous', '0')"
+        return ("no usable userId or anonymousId (Mixpanel refuses empty ids and values such as 'null', "
+                "'anonymous', '0')")
     time_ms = epoch_ms(event)
     if time_ms is None:
         return "no timestamp: Mixpanel requires properties.time"
@@ -499,7 +500,8 @@ def _plan(event: Mapping[str, Any], settings: Settings) -> _Planned | Skip | str
         if settings.id_merge == "simplified":
             return Skip(-1, "Mixpanel Simplified ID Merge does not process $create_alias; identities are "
                             "linked through $device_id/$user_id on events (set id_merge: original to send aliases)")
-        previous = _valid_id(event.get("previousId") if isinstance(event.get("previousId"), str) else None) or ids.device
+        previous = (_valid_id(event.get("previousId") if isinstance(event.get("previousId"), str) else None)
+                    or ids.device)
         if ids.user is None:
             return "alias call without a userId"
         if previous is None:
@@ -614,7 +616,8 @@ def _classify_import(request: Request, response: Response) -> Outcome:
         return default_classify(request, response)
     positions = import_positions(request)
     if positions is None:
-        return Outcome(Verdict.PERMANENT, f"HTTP 400 with failed_records that cannot be mapped to messages: {body_excerpt(response.body)}")
+        return Outcome(Verdict.PERMANENT, "HTTP 400 with failed_records that cannot be mapped to messages: "
+                                          f"{body_excerpt(response.body)}")
     by_insert_id: dict[str, int] = {}
     for record, position in zip(orjson.loads(request.body or b"[]"), positions, strict=False):
         by_insert_id.setdefault(str(record.get("properties", {}).get("$insert_id")), position)
@@ -630,7 +633,8 @@ def _classify_import(request: Request, response: Response) -> Outcome:
             iid = item.get("$insert_id", item.get("insert_id"))
             message = by_insert_id.get(str(iid)) if iid is not None else None
         if message is None:
-            return Outcome(Verdict.PERMANENT, f"HTTP 400 with an unmappable failed record: {body_excerpt(response.body)}")
+            return Outcome(Verdict.PERMANENT,
+                           f"HTTP 400 with an unmappable failed record: {body_excerpt(response.body)}")
         reason = f"Mixpanel refused {item.get('field') or 'the record'}: {item.get('message') or 'validation failed'}"
         if message in per_message:
             reason = per_message[message].reason + "; " + reason
@@ -647,7 +651,8 @@ def _classify_profiles(request: Request, response: Response) -> Outcome:
         return Outcome(Verdict.PERMANENT, "Mixpanel answered 0: no record of the request was valid")
     body = response.json()
     if isinstance(body, Mapping) and body.get("status") in (0, "0"):
-        return Outcome(Verdict.PERMANENT, f"Mixpanel refused the update: {body.get('error') or body_excerpt(response.body)}")
+        return Outcome(Verdict.PERMANENT,
+                       f"Mixpanel refused the update: {body.get('error') or body_excerpt(response.body)}")
     return outcome
 
 

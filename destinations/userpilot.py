@@ -160,13 +160,15 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             raw_company = traits.get("company")
             company: Mapping[str, Any] = raw_company if isinstance(raw_company, Mapping) else {}
             has_company = company.get("id") not in (None, "")
-            payload: dict[str, Any] = {"user_id": uid, "metadata": _profile(traits, drop=("company",) if has_company else ())}
+            payload: dict[str, Any] = {"user_id": uid,
+                                       "metadata": _profile(traits, drop=("company",) if has_company else ())}
             if has_company:
                 rest = {k: v for k, v in company.items() if k != "id"}
                 payload["company"] = {"id": str(company["id"]), **_profile(rest)}
             else:
                 account = context(event).get("groupId")
-                if account not in (None, "") and integration_options(event, INTEGRATION_NAMES).get("userOnly") is not True:
+                if (account not in (None, "")
+                        and integration_options(event, INTEGRATION_NAMES).get("userOnly") is not True):
                     payload["company"] = {"id": str(account)}
             post("/v1/identify", payload, i)
         elif kind == "track":
@@ -177,7 +179,8 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
             if not isinstance(name, str) or not name.strip():
                 built.rejects.append(Reject(i, "track call without an event name: Userpilot requires event_name"))
                 continue
-            post("/v1/track", {"user_id": uid, "event_name": name.strip(), "metadata": metadata(properties_of(event))}, i)
+            post("/v1/track", {"user_id": uid, "event_name": name.strip(), "metadata": metadata(properties_of(event))},
+                 i)
         elif kind == "group":
             group = event.get("groupId")
             if group in (None, ""):

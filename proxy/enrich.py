@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # context.library.name as the mobile SDKs set it (read from their sources): analytics-kotlin
@@ -60,7 +60,7 @@ def parse_ts(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
@@ -84,7 +84,9 @@ def batch_sent_at(batch: dict[str, Any]) -> tuple[str, datetime] | None:
     """A batch's own ``sentAt``, raw and parsed (once per request, not per item), or None if absent or
     not a time."""
     raw = batch.get("sentAt")
-    parsed = parse_ts(raw) if raw else None
+    if not isinstance(raw, str):
+        return None
+    parsed = parse_ts(raw)
     return (raw, parsed) if parsed is not None else None
 
 

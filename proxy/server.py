@@ -97,7 +97,7 @@ class Guard:
     open: int = 0
 
     @classmethod
-    def from_config(cls, config: Config, max_connections: int) -> "Guard":
+    def from_config(cls, config: Config, max_connections: int) -> Guard:
         s = config.server
         return cls(s.header_timeout, s.body_timeout, max_connections, s.overload_retry_after,
                    "*" in s.cors_origins)
@@ -329,8 +329,7 @@ async def _serve(app: web.Application, config: Config, *, host: str | None, port
                  extra=[f"{h}:{p}" for _a, h, p in sites])
         if started is not None:
             started()
-        while True:
-            await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never set: serve until the signal handler cancels this task
     finally:
         for extra_runner in reversed(extra_runners):
             await extra_runner.cleanup()

@@ -152,9 +152,9 @@ class Supervisor:
                 log.error("worker_killed", pid=proc.pid)
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
-        for proc in self.procs:
-            if proc is not None and proc.stdin is not None:
-                proc.stdin.close()
+        for spawned in self.procs:
+            if spawned is not None and spawned.stdin is not None:
+                spawned.stdin.close()
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._notify_r)
         self._on_notify()  # the last commits of the workers that just stopped

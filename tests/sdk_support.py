@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,8 @@ def ensure_node_modules() -> Path:
         if IN_CI:
             pytest.fail(message + " (CI must run the real-client tests)")
         pytest.skip(message)
-    wanted = ["analytics-node-3.0", "analytics-node-3.1", "analytics-next-1.84", "analytics-next-1.83", "playwright-core"]
+    wanted = ["analytics-node-3.0", "analytics-node-3.1", "analytics-next-1.84", "analytics-next-1.83",
+              "playwright-core"]
     if not all((NODE_MODULES / name / "package.json").exists() for name in wanted):
         proc = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -143,7 +144,7 @@ def parse_ts(value: Any) -> datetime:
     assert isinstance(value, str) and value, f"expected an ISO timestamp string, got {value!r}"
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     assert dt.tzinfo is not None, f"timestamp without a timezone: {value!r}"
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 def wait_for_stored(tr: Any, message_ids: Iterable[str], timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -232,7 +233,7 @@ def assert_enriched(
     assert stored.get("channel") == channel, f"{where}: channel {stored.get('channel')!r}, expected {channel!r}"
     assert stored.get("version") == 2, f"{where}: version {stored.get('version')!r}, expected 2"
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     received = parse_ts(stored.get("receivedAt"))
     assert now - max_delay <= received <= now + timedelta(seconds=1), f"{where}: receivedAt {received} not near now"
 
@@ -304,7 +305,8 @@ class PageServer(FakeServer):
         async def bundle(request: web.Request) -> web.StreamResponse:
             name = request.match_info["name"]
             path = (umd_dir / name).resolve()
-            if path.parent != umd_dir.resolve() or not path.is_file():
+            # blocking is fine here: the test page's own static files, one local browser
+            if path.parent != umd_dir.resolve() or not path.is_file():  # noqa: ASYNC240
                 raise web.HTTPNotFound()
             return web.Response(body=path.read_bytes(), content_type="application/javascript")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import copy
+import logging
 
 import pytest
 from pydantic import SecretStr, ValidationError

@@ -56,11 +56,11 @@ def test_every_problem_is_listed_with_line_and_path(tmp_path):
         load_config(path, env={})
     text = str(err.value)
     lines = text.splitlines()
-    assert any("c.yaml:2: server.port" in l for l in lines), text
-    assert any("c.yaml:4: sources.0.write_keys.0" in l and "MISSING" in l for l in lines), text
-    assert any(":8: destinations.0.settings.url" in l for l in lines), text
-    assert any(":8: destinations.0.settings.bogus" in l for l in lines), text
-    assert any(":10: destinations.1.type" in l and "unknown destination type" in l for l in lines), text
+    assert any("c.yaml:2: server.port" in line for line in lines), text
+    assert any("c.yaml:4: sources.0.write_keys.0" in line and "MISSING" in line for line in lines), text
+    assert any(":8: destinations.0.settings.url" in line for line in lines), text
+    assert any(":8: destinations.0.settings.bogus" in line for line in lines), text
+    assert any(":10: destinations.1.type" in line and "unknown destination type" in line for line in lines), text
 
 
 def test_cross_checks_are_listed_with_field_errors_each_at_its_line(tmp_path):
@@ -82,12 +82,12 @@ def test_cross_checks_are_listed_with_field_errors_each_at_its_line(tmp_path):
         load_config(path, env={})
     text = str(err.value)
     lines = text.splitlines()
-    assert any("c.yaml:2: server.port" in l for l in lines), text
-    assert any(":13: destinations.1.settings.url" in l for l in lines), text
-    assert any(":5: sources.1.name" in l and "'web' is already used by sources.0" in l for l in lines), text
-    assert any(":8: sources.1.write_keys.1" in l and "sources.0.write_keys.0" in l for l in lines), text
-    assert any(":10: destinations.0.sources.1" in l and "unknown source 'ios'" in l for l in lines), text
-    assert any(":11: destinations.1.name" in l and "'h' is already used" in l for l in lines), text
+    assert any("c.yaml:2: server.port" in line for line in lines), text
+    assert any(":13: destinations.1.settings.url" in line for line in lines), text
+    assert any(":5: sources.1.name" in line and "'web' is already used by sources.0" in line for line in lines), text
+    assert any(":8: sources.1.write_keys.1" in line and "sources.0.write_keys.0" in line for line in lines), text
+    assert any(":10: destinations.0.sources.1" in line and "unknown source 'ios'" in line for line in lines), text
+    assert any(":11: destinations.1.name" in line and "'h' is already used" in line for line in lines), text
     assert "(top)" not in text and "SECRETKEY1" not in text
 
 
@@ -111,9 +111,10 @@ def test_tls_files_must_exist_and_unknown_write_key_policy(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
     lines = str(err.value).splitlines()
-    assert any(":3: server.tls.cert_file" in l and "missing.pem" in l for l in lines), lines
-    assert any(":3: server.tls.key_file" in l for l in lines), lines
-    assert any(":4: server.unknown_write_key" in l and "'reject' or 'accept_and_drop'" in l for l in lines), lines
+    assert any(":3: server.tls.cert_file" in line and "missing.pem" in line for line in lines), lines
+    assert any(":3: server.tls.key_file" in line for line in lines), lines
+    assert any(":4: server.unknown_write_key" in line and "'reject' or 'accept_and_drop'" in line
+               for line in lines), lines
     cfg = load_config(write(tmp_path, "sources: [{name: web, write_keys: [k]}]\n"), env={})
     assert cfg.server.tls is None and cfg.server.unknown_write_key == "reject"
 
@@ -136,7 +137,8 @@ def test_secret_values_never_in_errors(tmp_path):
     assert "SUPERSECRET" not in str(err.value) and "region" in str(err.value)
 
 
-@pytest.mark.parametrize("value,expected", [("500KB", 500_000), ("10GiB", 10 * 1024**3), (32768, 32768), ("1mb", 10**6)])
+@pytest.mark.parametrize("value,expected",
+                         [("500KB", 500_000), ("10GiB", 10 * 1024**3), (32768, 32768), ("1mb", 10**6)])
 def test_sizes(value, expected):
     assert parse_size(value) == expected
 

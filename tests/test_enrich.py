@@ -3,13 +3,13 @@ covered in test_ingest.py."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from proxy.enrich import batch_sent_at, enrich, iso_epoch
 
-RECEIVED = datetime(2026, 11, 22, 20, 0, 10, tzinfo=timezone.utc).timestamp()
+RECEIVED = datetime(2026, 11, 22, 20, 0, 10, tzinfo=UTC).timestamp()
 RECEIVED_ISO = iso_epoch(RECEIVED)
 
 

@@ -8,7 +8,6 @@ the connection or answered 408) or which status came back."""
 from __future__ import annotations
 
 import base64
-import os
 import re
 import resource
 import select
@@ -43,8 +42,8 @@ def read_until_closed(s: socket.socket, timeout: float = WAIT) -> bytes:
             out += chunk
     except ConnectionResetError:
         pass
-    except socket.timeout:
-        raise AssertionError(f"the server did not close the connection in {timeout}s; got {out[:200]!r}")
+    except TimeoutError:
+        raise AssertionError(f"the server did not close the connection in {timeout}s; got {out[:200]!r}") from None
     return out
 
 
@@ -100,7 +99,8 @@ def test_slowloris_is_closed_after_the_header_timeout(timeouts):
     tr = timeouts
     before = metric(tr, "trackrelay_connection_timeouts_total", 'phase="header"')
     s = connect(tr)
-    header = b"POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + b"X-Pad: " + b"a" * 200
+    header = (b"POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"X-Pad: " + b"a" * 200)
     closed = False
     for i in range(len(header)):  # a byte every 0.2 s; the headers never end
         try:
@@ -252,7 +252,7 @@ def test_requests_beyond_the_inflight_bound_get_429_at_once(tmp_path):
                                       "cors_origins": ["*"]}) as tr:
         body = event("inflight-held")
         held = []
-        for i in range(2):  # two requests whose bodies are still coming: in flight
+        for _ in range(2):  # two requests whose bodies are still coming: in flight
             s = connect(tr)
             s.sendall((f"POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                       + body[:10])
@@ -292,8 +292,8 @@ MALFORMED = {
                                f"Content-Length: {len(CANARY_BODY)}\r\n\r\n").encode() + CANARY_BODY,
     "bad_request_line": f"GET /v1/projects/{CANARY}/settings HTTP/1.1 trailing\r\nHost: x\r\n{AUTH}\r\n".encode(),
     "bad_method": f"P{{ST /v1/track?k={CANARY} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode(),
-    "non_numeric_content_length": f"POST /v1/track HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {CANARY}\r\n\r\n".encode()
-                                  + CANARY_BODY,
+    "non_numeric_content_length": (f"POST /v1/track HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {CANARY}"
+                                   "\r\n\r\n").encode() + CANARY_BODY,
     "smuggling_cl_and_te": (f"POST /v1/track HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: 5\r\n"
                             "Transfer-Encoding: chunked\r\n\r\n").encode() + b"0\r\n\r\n" + CANARY_BODY,
     "bad_chunk_size": (f"POST /v1/track HTTP/1.1\r\nHost: x\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n"

@@ -19,7 +19,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest

@@ -2,8 +2,9 @@
 
 tests/sdk/node_driver.js sends identify/track/page/screen/group/alias and 7 more tracks with flushAt=3
 (so several /v1/batch requests), then two of those messages again (same messageId) in a later request, as a
-client that lost the responses would (they must not be stored twice), then closeAndFlush. 3.0.0 sends the write key in the body only, 3.1.0
-body + Basic auth. The 3.0.0 run simulates a device clock one hour slow, so the skew correction is visible.
+client that lost the responses would (they must not be stored twice), then closeAndFlush. 3.0.0 sends the
+write key in the body only, 3.1.0 body + Basic auth. The 3.0.0 run simulates a device clock one hour slow, so
+the skew correction is visible.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def test_python_sdk_events_stored_once_and_enriched(tmp_path, python_sdks, versi
         for message in sent:
             direct = (message.get("context") or {}).get("direct") is True
             assert_enriched(stored[message["messageId"]], message, ip="peer" if direct else "absent", channel="server")
-            assert stored[message["messageId"]]["context"]["library"] == {"name": "analytics-python", "version": version}
+            assert stored[message["messageId"]]["context"]["library"] == {"name": "analytics-python",
+                                                                          "version": version}
 
         # At least two requests (one per flush; the SDK's consumer may split a flush in two), one of them a
         # real multi-event batch; the events of each request share one receivedAt.

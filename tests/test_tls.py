@@ -9,7 +9,6 @@ import signal
 import socket
 import ssl
 import sys
-import time
 import uuid
 
 import pytest

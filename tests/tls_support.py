@@ -28,7 +28,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_ca(directory: Path) -> CA:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name("trackrelay test CA")).issuer_name(_name("trackrelay test CA"))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
@@ -46,7 +46,7 @@ def make_ca(directory: Path) -> CA:
 def make_leaf(ca: CA, cert_path: Path, key_path: Path, serial: int | None = None) -> int:
     """Write a leaf for 127.0.0.1/localhost (chain: leaf, CA) and its key; return its serial number."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     serial = serial or x509.random_serial_number()
     cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.cert.subject)
             .public_key(key.public_key()).serial_number(serial)
@@ -59,7 +59,8 @@ def make_leaf(ca: CA, cert_path: Path, key_path: Path, serial: int | None = None
             .sign(ca.key, hashes.SHA256()))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca.cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
+                          + ca.cert.public_bytes(serialization.Encoding.PEM))
     return serial
 
 

@@ -43,7 +43,7 @@ SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 1000
 MAX_BODY = 1024 * 1024
 
-CONSOLE = web.AppKey("console", "Console")
+CONSOLE: web.AppKey[Console] = web.AppKey("console")  # Console is defined below
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -74,7 +74,8 @@ form{background:#fff;padding:2em;border-radius:8px;box-shadow:0 1px 4px #0002;mi
 input{width:100%;box-sizing:border-box;padding:.5em;margin:.6em 0 1em;font:inherit}
 button{padding:.5em 1.4em;font:inherit}.err{color:#b00020}</style></head>
 <body><form method="post" action="/login"><h1>trackrelay console</h1>
-<label for="token">Admin token</label><input id="token" name="token" type="password" autocomplete="current-password" autofocus>
+<label for="token">Admin token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" autofocus>
 {error}<button type="submit" id="login">Sign in</button></form></body></html>"""
 
 
@@ -206,7 +207,8 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
             how = console.auth(request)
             if how is None:
                 if request.path.startswith("/api/") or request.method != "GET":
-                    response = error(401, "unauthorized", "the admin token is required (Authorization: Bearer, or sign in)")
+                    response = error(401, "unauthorized",
+                                     "the admin token is required (Authorization: Bearer, or sign in)")
                     response.headers["WWW-Authenticate"] = 'Bearer realm="trackrelay console"'
                 else:
                     response = login_page()
@@ -321,7 +323,7 @@ async def api_live(request: web.Request) -> web.StreamResponse:
         while not watcher.closed:
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), 15.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 item = ...
             if watcher.dropped != reported:
                 reported = watcher.dropped

@@ -270,26 +270,28 @@ class Figures:
         for b in self.minutes.values():
             sources |= set(b["sources"])
             dests |= set(b["destinations"])
-        out_src = {s: {k: [] for k in ("accepted", "rejected", "duplicates")} for s in sorted(sources)}
-        out_dst = {d: {k: [] for k in ("delivered", "skipped", "retried", "dead", "errors", "p50", "p99", "backlog",
-                                       "oldest_undelivered")} for d in sorted(dests)}
+        out_src: dict[str, dict[str, list[int]]] = {
+            s: {k: [] for k in ("accepted", "rejected", "duplicates")} for s in sorted(sources)}
+        out_dst: dict[str, dict[str, list[float | None]]] = {
+            d: {k: [] for k in ("delivered", "skipped", "retried", "dead", "errors", "p50", "p99", "backlog",
+                                "oldest_undelivered")} for d in sorted(dests)}
         refused = []
         for m in minutes:
             b = self.minutes.get(m) or _bucket()
             refused.append(b["refused"])
-            for s, series in out_src.items():
+            for s, counts in out_src.items():
                 v = b["sources"].get(s, {})
-                for k in series:
-                    series[k].append(v.get(k, 0))
-            for d, series in out_dst.items():
+                for k in counts:
+                    counts[k].append(v.get(k, 0))
+            for d, figures in out_dst.items():
                 v = b["destinations"].get(d, {})
                 lat = sorted(v.get("latency") or ())
                 for k in ("delivered", "skipped", "retried", "dead", "errors"):
-                    series[k].append(v.get(k, 0))
-                series["p50"].append(round(lat[len(lat) // 2], 4) if lat else None)
-                series["p99"].append(round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 4) if lat else None)
-                series["backlog"].append(v.get("backlog"))
-                series["oldest_undelivered"].append(v.get("oldest_undelivered"))
+                    figures[k].append(v.get(k, 0))
+                figures["p50"].append(round(lat[len(lat) // 2], 4) if lat else None)
+                figures["p99"].append(round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 4) if lat else None)
+                figures["backlog"].append(v.get("backlog"))
+                figures["oldest_undelivered"].append(v.get("oldest_undelivered"))
         return {"minutes": [m * 60 for m in minutes], "sources": out_src, "destinations": out_dst,
                 "refused_requests": refused}
 
@@ -342,9 +344,10 @@ class Live:
             self.watchers.remove(w)
             self.dropped_total += w.dropped
         if not self.watchers:
-            for listeners, fn in ((TAPS.stored, self.stored), (TAPS.refused, self.refused)):
-                if fn in listeners:
-                    listeners.remove(fn)
+            if self.stored in TAPS.stored:
+                TAPS.stored.remove(self.stored)
+            if self.refused in TAPS.refused:
+                TAPS.refused.remove(self.refused)
 
     def close_all(self) -> None:
         for w in list(self.watchers):

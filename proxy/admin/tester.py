@@ -165,7 +165,8 @@ class Tester:
         try:
             built = d.adapter.build_requests(messages, d.parsed_settings)
         except Exception as exc:  # an adapter bug: shown, not a 500
-            return {**base, "decision": "error", "stage": "adapter", "reason": self.masker.text(f"adapter error: {exc!r}")}
+            return {**base, "decision": "error", "stage": "adapter",
+                    "reason": self.masker.text(f"adapter error: {exc!r}")}
         if built.rejects:
             return {**base, "decision": "rejected", "stage": "adapter",
                     "reason": self.masker.text("; ".join(r.reason for r in built.rejects))}
@@ -204,7 +205,8 @@ class Tester:
         from pydantic import SecretStr
 
         write_key = next(s.write_keys for s in self.config.sources if s.name == src)[0]
-        built = dest.adapter.build_requests([Message(e, src, SecretStr(write_key)) for e in events], dest.parsed_settings)
+        built = dest.adapter.build_requests([Message(e, src, SecretStr(write_key)) for e in events],
+                                            dest.parsed_settings)
         sent = []
         for req in built.requests:
             shown = render_request(at_send_time(req, time.time()), self.masker)

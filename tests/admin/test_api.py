@@ -186,7 +186,8 @@ def test_trace_dead_letters_replay_tester_and_no_secret_anywhere(tmp_path):
             ("GET", "/api/stats", None), ("GET", "/api/stats?exact=1", None), ("GET", f"/api/trace/{ok}", None),
             ("GET", f"/api/trace/{ident}", None), ("GET", "/api/recent", None), ("GET", "/api/dead-letters", None),
             ("GET", f"/api/dead-letters/{first['id']}", None), ("POST", "/api/test-event", {"event": ORDER}),
-            ("POST", "/api/test-event", {"event": {**ORDER, "writeKey": WRITE_KEY}, "destination": "hook", "send": True}),
+            ("POST", "/api/test-event",
+             {"event": {**ORDER, "writeKey": WRITE_KEY}, "destination": "hook", "send": True}),
             ("POST", "/api/test-event", {"event": {"type": "identify", "userId": "u", "traits": {"k": GA4_SECRET}}}),
             ("GET", "/api/jobs/1", None), ("GET", "/login", None)]]
         bodies.append(c.call("GET", "/", token=None)[1])

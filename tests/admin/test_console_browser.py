@@ -43,7 +43,8 @@ class Browser:
     def __init__(self, chromium: str) -> None:
         self.proc = subprocess.Popen(
             [shutil.which("node") or "node", DRIVER, json.dumps({"executablePath": chromium})],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
 
     def do(self, op: str, **kw) -> dict:  # type: ignore[no-untyped-def]
         assert self.proc.stdin and self.proc.stdout

@@ -42,7 +42,8 @@ def only_events(events: list[dict[str, Any]], **kw: Any) -> list[dict[str, Any]]
     built = build(events, **kw)
     assert not built.skips and not built.rejects, (built.skips, built.rejects)
     [req] = built.requests
-    assert (req.method, req.url, dict(req.headers), req.messages) == ("POST", HTTPAPI, JSON_HEADERS, tuple(range(len(events))))
+    assert (req.method, req.url, dict(req.headers), req.messages) == ("POST", HTTPAPI, JSON_HEADERS,
+                                                                      tuple(range(len(events))))
     body = orjson.loads(req.body)
     assert body["api_key"] == KEY
     return body["events"]
@@ -71,7 +72,8 @@ def test_track_minimal_exact_request() -> None:
 def test_track_full() -> None:
     event = copy.deepcopy(fx.TRACK)
     event["context"].update({"os": {"name": "iOS", "version": "18.1"},
-                             "device": {"id": "dev-12345", "model": "iPhone16,1", "manufacturer": "Apple", "type": "ios"},
+                             "device": {"id": "dev-12345", "model": "iPhone16,1", "manufacturer": "Apple",
+                                        "type": "ios"},
                              "network": {"carrier": "O2"}, "app": {"version": "3.2.1"},
                              "location": {"country": "GB", "city": "London", "latitude": 51.5, "longitude": -0.12},
                              "sessionId": 1795377000000})
@@ -151,7 +153,8 @@ def test_alias_goes_to_user_mapping() -> None:
     assert orjson.loads(form["mapping"]) == [{"user_id": "old-id-9", "global_user_id": "user-1"}]
     [req] = build([minimal("alias", previousId="anon-7")], user_mapping=True, region="eu").requests
     assert req.url == "https://api.eu.amplitude.com/usermap"
-    assert orjson.loads(parse_qs(req.body.decode())["mapping"][0]) == [{"user_id": "anon-7", "global_user_id": "user-0001"}]
+    assert orjson.loads(parse_qs(req.body.decode())["mapping"][0]) == [{"user_id": "anon-7",
+                                                                        "global_user_id": "user-0001"}]
 
 
 def test_alias_skipped_without_user_mapping_and_rejected_when_unusable() -> None:
@@ -293,7 +296,8 @@ def test_split_by_bytes_for_http_v2_but_not_batch() -> None:
 
 
 def _batch() -> Request:
-    events = [minimal("track", event="A", messageId="m-a"), fx.ORDER_COMPLETED, minimal("track", event="B", messageId="m-b")]
+    events = [minimal("track", event="A", messageId="m-a"), fx.ORDER_COMPLETED,
+              minimal("track", event="B", messageId="m-b")]
     [req] = build(events).requests
     assert len(orjson.loads(req.body)["events"]) == 5 and req.messages == (0, 1, 2)
     return req
@@ -340,7 +344,9 @@ def test_429_waits_as_amplitude_advises() -> None:
 def test_other_statuses() -> None:
     req = _batch()
     assert amplitude.classify(req, Response(200, {}, b'{"code":200,"events_ingested":5}')).verdict is Verdict.OK
-    assert amplitude.classify(req, Response(413, {}, b'{"code":413,"error":"Payload too large"}')).verdict is Verdict.PERMANENT
+    assert amplitude.classify(req,
+                              Response(413, {},
+                                       b'{"code":413,"error":"Payload too large"}')).verdict is Verdict.PERMANENT
     assert amplitude.classify(req, Response(403, {}, b'{"code":403,"error":"Forbidden"}')).verdict is Verdict.PERMANENT
     for status in (500, 502, 503, 504):
         assert amplitude.classify(req, Response(status, {}, b"")).verdict is Verdict.RETRY
@@ -398,10 +404,12 @@ def test_fake_refuses_what_amplitude_refuses_and_classify_maps_it_back() -> None
         assert send(retry, fake.url)[0] == 200
 
         fake.app["eps_threshold"] = 2
-        [burst] = build([minimal("track", event="X", messageId=f"b-{i}") for i in range(3)], endpoint=FAKE_BASE).requests
+        [burst] = build([minimal("track", event="X", messageId=f"b-{i}") for i in range(3)],
+                        endpoint=FAKE_BASE).requests
         status, body = send(burst, fake.url)
         answer = orjson.loads(body)
-        assert status == 429 and answer["throttled_events"] == [0, 1, 2] and answer["throttled_users"] == {"user-0001": 3}
+        assert status == 429 and answer["throttled_events"] == [0, 1,
+                                                                2] and answer["throttled_users"] == {"user-0001": 3}
         out = amplitude.classify(burst, Response(status, {}, body))
         assert out.verdict is Verdict.RETRY and out.retry_after == 30
 

@@ -34,7 +34,8 @@ def segment_batch() -> list[dict]:
         {"type": "alias", "messageId": "w-7", "userId": "user-1", "previousId": "old-user-1"},
         {"type": "track", "messageId": "w-8", "userId": "user-1", "event": "Order Completed",
          "properties": {"order_id": "o-1", "revenue": 30, "currency": "eur",
-                        "products": [{"product_id": "p1", "price": 10, "quantity": 2}, {"product_id": "p2", "price": 10}]}},
+                        "products": [{"product_id": "p1", "price": 10, "quantity": 2},
+                                     {"product_id": "p2", "price": 10}]}},
         {"type": "track", "messageId": "w-9", "userId": "user-1", "event": "Order Refunded",
          "properties": {"order_id": "o-1", "total": 30}},
         # "null" is an id Amplitude refuses: dead-lettered by the adapter, never sent

@@ -85,17 +85,20 @@ def test_identify_full() -> None:
 def test_identify_identifier_forms_and_created_at_units() -> None:
     assert only_entry(build(msg("identify", userId="cio_03000001")))["identifiers"] == {"cio_id": "03000001"}
     assert only_entry(build(msg("identify", userId="ada@example.com")))["identifiers"] == {"email": "ada@example.com"}
-    by_email = only_entry(build(msg("identify", anonymousId="anon-1", traits={"email": "x@y.io", "createdAt": 1767225600123})))
+    by_email = only_entry(build(msg("identify", anonymousId="anon-1",
+                                    traits={"email": "x@y.io", "createdAt": 1767225600123})))
     assert by_email["identifiers"] == {"email": "x@y.io"}
     assert by_email["attributes"] == {"email": "x@y.io", "created_at": 1767225600, "anonymous_id": "anon-1"}
     # createdAt wins over created_at; context.traits used when traits are empty
     entry = only_entry(build(msg("identify", userId="u1", traits={},
-                                 context={"traits": {"created_at": "2026-01-02", "createdAt": "2026-01-01T00:00:00Z"}})))
+                                 context={"traits": {"created_at": "2026-01-02",
+                                                     "createdAt": "2026-01-01T00:00:00Z"}})))
     assert entry["attributes"] == {"created_at": T0_S}
 
 
 def test_identify_without_timestamp_conversion_keeps_strings() -> None:
-    entry = only_entry(build(msg("identify", userId="u1", traits={"trial_end": "2026-02-01T00:00:00Z"}), convert_timestamps=False))
+    entry = only_entry(build(msg("identify", userId="u1", traits={"trial_end": "2026-02-01T00:00:00Z"}),
+                             convert_timestamps=False))
     assert entry["attributes"] == {"trial_end": "2026-02-01T00:00:00Z"}
 
 
@@ -210,12 +213,14 @@ def test_group_full() -> None:
     entry = only_entry(build(event, object_type_id="3"))
     assert entry == {"type": "object", "identifiers": {"object_type_id": "2", "object_id": "acct-42"},
                      "action": "identify",
-                     "attributes": {"name": "Acme Inc", "plan": "enterprise", "employees": 120, "created_at": 1588291200},
+                     "attributes": {"name": "Acme Inc", "plan": "enterprise", "employees": 120,
+                                    "created_at": 1588291200},
                      "cio_relationships": [{"identifiers": {"id": "user-1"}}]}
 
 
 def test_anonymous_group_relates_the_anonymous_person() -> None:
-    entry = only_entry(build(msg("group", anonymousId="anon-1", groupId="g1", traits={"name": "Acme"}), object_type_id="4"))
+    entry = only_entry(build(msg("group", anonymousId="anon-1", groupId="g1", traits={"name": "Acme"}),
+                             object_type_id="4"))
     assert entry == {"type": "object", "identifiers": {"object_type_id": "4", "object_id": "g1"},
                      "action": "identify_anonymous", "attributes": {"name": "Acme"},
                      "cio_relationships": [{"identifiers": {"anonymous_id": "anon-1"}}]}
@@ -228,7 +233,8 @@ def test_alias_minimal_is_a_merge() -> None:
 
 def test_alias_full() -> None:
     entry = only_entry(build({**fx.ALIAS, "previousId": "old@example.com"}))
-    assert entry == {"type": "person", "action": "merge", "primary": {"id": "user-1"}, "secondary": {"email": "old@example.com"}}
+    assert entry == {"type": "person", "action": "merge", "primary": {"id": "user-1"},
+                     "secondary": {"email": "old@example.com"}}
 
 
 def test_alias_from_the_anonymous_id_sets_anonymous_id() -> None:
@@ -359,7 +365,8 @@ def test_pipelines_user_only_drops_context_group_and_strict_mode_can_be_off() ->
         ({"type": "group", "messageId": "x", "userId": "u1"}, "without groupId"),
         ({"type": "alias", "messageId": "x", "userId": "u1"}, "needs both userId and previousId"),
         ({"type": "page", "messageId": "x"}, "without userId or anonymousId"),
-        ({"type": "track", "messageId": "x", "userId": "u1", "event": "E", "properties": {"b": "x" * 33_000}}, "at most 32000"),
+        ({"type": "track", "messageId": "x", "userId": "u1", "event": "E", "properties": {"b": "x" * 33_000}},
+         "at most 32000"),
     ],
 )
 def test_pipelines_rejects_what_strict_mode_would_refuse(event: dict[str, Any], reason: str) -> None:
@@ -418,14 +425,17 @@ def send(req: Request, base: str) -> Response:
 
 @pytest.fixture()
 def fake():
-    with FakeServer(make_app(site_id="3f2a9c0d1e", api_key="trk_key_0123456789", pipelines_key="cdp_key_abc")) as server:
+    with FakeServer(make_app(site_id="3f2a9c0d1e", api_key="trk_key_0123456789",
+                             pipelines_key="cdp_key_abc")) as server:
         yield server
 
 
 def test_every_track_mode_request_is_accepted_by_the_fake(fake) -> None:
     events = fx.ALL + [msg("page", anonymousId="anon-1", name="Home"), msg("screen", anonymousId="anon-1", name="Feed"),
-                       msg("group", anonymousId="anon-1", groupId="g1"), msg("alias", userId="u1", anonymousId="a", previousId="a"),
-                       msg("identify", userId="cio_03000001"), msg("identify", anonymousId="a", traits={"email": "a@b.io"})]
+                       msg("group", anonymousId="anon-1", groupId="g1"),
+                       msg("alias", userId="u1", anonymousId="a", previousId="a"),
+                       msg("identify", userId="cio_03000001"),
+                       msg("identify", anonymousId="a", traits={"email": "a@b.io"})]
     built = build(*events)
     assert not built.rejects and not built.skips
     for req in built.requests:
@@ -467,7 +477,8 @@ def test_fake_refuses_bad_credentials_and_invalid_items_with_customerio_bodies(f
     strict = Request("POST", "https://cdp.customer.io/v1/batch", PIPE_HEADERS,
                      orjson.dumps({"batch": [{"type": "track", "userId": "u1"}]}), (0,))
     resp = send(strict, fake.url)
-    assert resp.status == 400 and orjson.loads(resp.body) == {"code": "invalid_request", "message": "batch[0]: event is required"}
+    assert resp.status == 400 and orjson.loads(resp.body) == {"code": "invalid_request",
+                                                              "message": "batch[0]: event is required"}
     lax_headers = {k: v for k, v in PIPE_HEADERS.items() if k != "X-Strict-Mode"}
     resp = send(Request("POST", strict.url, lax_headers, strict.body, (0,)), fake.url)
     assert resp.status == 200 and fake.app["dropped"] == ["batch[0]: event is required"]
@@ -486,13 +497,15 @@ def test_fake_enforces_the_limits_the_adapter_checks(fake) -> None:
     resp = send(req, fake.url)
     assert resp.status == 207
     assert [e["batch_index"] for e in orjson.loads(resp.body)["errors"]] == [0, 1, 2, 3, 4]
-    big = Request("POST", BATCH_URL, HEADERS, b'{"batch":[' + b",".join([orjson.dumps({"x": "y" * 30_000})] * 17) + b"]}", tuple(range(17)))
+    big = Request("POST", BATCH_URL, HEADERS,
+                  b'{"batch":[' + b",".join([orjson.dumps({"x": "y" * 30_000})] * 17) + b"]}", tuple(range(17)))
     resp = send(big, fake.url)
     assert resp.status == 400 and customerio.classify(big, resp).verdict is Verdict.PERMANENT
 
 
 def test_fake_refuses_a_merge_into_a_person_it_does_not_know(fake) -> None:
-    built = build(msg("alias", userId="u9", previousId="u8"), msg("identify", userId="u9"), msg("alias", userId="u9", previousId="u7"))
+    built = build(msg("alias", userId="u9", previousId="u8"), msg("identify", userId="u9"),
+                  msg("alias", userId="u9", previousId="u7"))
     req = built.requests[0]
     resp = send(req, fake.url)
     assert resp.status == 207

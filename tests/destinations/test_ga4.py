@@ -287,7 +287,8 @@ def test_event_name_table(segment: str, expected: str) -> None:
 
 @pytest.mark.parametrize("raw,expected", [
     ("Viewed Docs", "Viewed_Docs"), ("  2FA: enabled!  ", "FA_enabled"), ("a-b.c/d", "a_b_c_d"),
-    ("Ünïcode Évent", "Unicode_Event"), ("日本 Event", "Event"), ("x" * 60, "x" * 40), ("already_fine_1", "already_fine_1"),
+    ("Ünïcode Évent", "Unicode_Event"), ("日本 Event", "Event"), ("x" * 60, "x" * 40),
+                                          ("already_fine_1", "already_fine_1"),
 ])
 def test_custom_event_names_are_sanitised(raw: str, expected: str) -> None:
     _, body = only_request(minimal("track", event=raw))
@@ -334,7 +335,8 @@ def test_page_location_keeps_1000_characters() -> None:
 
 def test_user_properties_from_allowed_traits_and_explicit_user_properties() -> None:
     event = minimal("track", event="X", context={"traits": {"plan": "pro", "email": "ada@example.com", "seats": 4}},
-                    properties={"user_properties": {"tier": "gold", "user_id": "no", "way_too_long_user_property_name": 1,
+                    properties={"user_properties": {"tier": "gold", "user_id": "no",
+                                                    "way_too_long_user_property_name": 1,
                                                     "long_value": "z" * 37, "ok": {"value": 5}, "bad-name": 1}})
     _, body = only_request(event, user_property_traits=["plan", "seats", "missing"])
     assert body["user_properties"] == {"plan": {"value": "pro"}, "seats": {"value": 4},
@@ -373,7 +375,8 @@ def test_an_event_too_big_for_one_request_is_rejected() -> None:
 
 def test_events_backdated_more_than_72_hours_are_rejected() -> None:
     old = minimal("track", event="Old", timestamp="2026-11-18T20:00:00.000Z", receivedAt="2026-11-22T20:00:00.000Z")
-    recent = minimal("track", event="Recent", timestamp="2026-11-20T20:00:00.000Z", receivedAt="2026-11-22T20:00:00.000Z")
+    recent = minimal("track", event="Recent", timestamp="2026-11-20T20:00:00.000Z",
+                     receivedAt="2026-11-22T20:00:00.000Z")
     built = build(old, recent)
     assert [r.index for r in built.rejects] == [0] and "72 hours" in built.rejects[0].reason
     assert built.requests[0].messages == (1,)
@@ -442,8 +445,10 @@ def test_collect_answers_2xx_even_for_bad_payloads_so_2xx_is_ok() -> None:
 def test_validation_messages_fail_the_events_they_name() -> None:
     body = orjson.dumps({"validationMessages": [
         {"fieldPath": "events", "validationCode": "NAME_INVALID",
-         "description": "Event at index: [1] has invalid name [_badEventName]. Names must start with an alphabetic character."},
-        {"fieldPath": "events[2].params.currency", "validationCode": "VALUE_REQUIRED", "description": "currency needed"},
+         "description": "Event at index: [1] has invalid name [_badEventName]. "
+                        "Names must start with an alphabetic character."},
+        {"fieldPath": "events[2].params.currency", "validationCode": "VALUE_REQUIRED",
+         "description": "currency needed"},
     ]})
     out = ga4.classify(DEBUG_REQ, Response(200, {}, body))
     assert out.verdict is Verdict.OK
@@ -468,11 +473,13 @@ def test_validation_message_about_the_request_fails_all_and_empty_means_valid() 
 EXTRA = [
     minimal("track", event="Product Viewed", messageId="e1", properties={"product_id": "p", "price": "9.5"}),
     minimal("track", event="Product List Viewed", messageId="e2",
-            properties={"list_id": "l", "products": [{"product_id": "a", "price": 1}, {"name": "B"}, {"brand": "no id"}]}),
+            properties={"list_id": "l",
+                        "products": [{"product_id": "a", "price": 1}, {"name": "B"}, {"brand": "no id"}]}),
     minimal("track", event="Checkout Started", messageId="e3",
             properties={"order_id": "o", "value": 5, "products": [{"sku": "s", "quantity": "3", "price": 1}]}),
     minimal("track", event="Order Completed", messageId="e4",
-            properties={"order_id": "o2", "products": [{"product_id": "a", "price": 2, "quantity": 2}], "currency": "xx"}),
+            properties={"order_id": "o2", "products": [{"product_id": "a", "price": 2, "quantity": 2}],
+                        "currency": "xx"}),
     minimal("track", event="Weird: event / name", messageId="e5",
             properties={"k" * 45: "v" * 300, "obj": {"deep": {"er": [1]}}, **{f"c{n}": n for n in range(30)}}),
     minimal("track", event="With User Props", messageId="e6",
@@ -508,7 +515,8 @@ def test_every_built_request_is_accepted_by_the_fake_and_passes_the_validation_s
         assert app["dropped"] == []
         assert len(app["accepted"]) == len(events) - 2
         names = [e["name"] for e in app["accepted"]]
-        assert {"purchase", "refund", "page_view", "join_group", "app_screen", "view_item", "Upgraded_Plan"} <= set(names)
+        assert {"purchase", "refund", "page_view", "join_group", "app_screen", "view_item",
+                "Upgraded_Plan"} <= set(names)
 
 
 def test_the_fake_drops_invalid_payloads_silently_and_the_validation_server_explains() -> None:
@@ -521,7 +529,8 @@ def test_the_fake_drops_invalid_payloads_silently_and_the_validation_server_expl
         assert status == 200
         assert orjson.loads(payload) == {"validationMessages": [{
             "fieldPath": "events",
-            "description": "Event at index: [0] has invalid name [_badEventName]. Names must start with an alphabetic character.",
+            "description": "Event at index: [0] has invalid name [_badEventName]. "
+                           "Names must start with an alphabetic character.",
             "validationCode": "NAME_INVALID"}]}
         # a good payload with the wrong secret is dropped too (still 2xx)
         good = build(minimal("track", event="E"), endpoint=fake.url, api_secret="wrong").requests[0]
@@ -538,7 +547,8 @@ def test_the_fake_drops_invalid_payloads_silently_and_the_validation_server_expl
     ({"client_id": "c", "events": [{"name": "e", "params": {"v": [1]}}]}, "VALUE_INVALID"),
     ({"client_id": "c", "events": [{"name": "e", "params": {"value": 3}}]}, "VALUE_REQUIRED"),
     ({"client_id": "c", "events": [{"name": "e", "params": {"items": [{"price": 1}]}}]}, "VALUE_REQUIRED"),
-    ({"client_id": "c", "events": [{"name": "e", "params": {"items": [{"item_id": "a", "price": "$19"}]}}]}, "VALUE_INVALID"),
+    ({"client_id": "c", "events": [{"name": "e", "params": {"items": [{"item_id": "a", "price": "$19"}]}}]},
+     "VALUE_INVALID"),
     ({"client_id": "c", "user_properties": {"user_id": {"value": 1}}, "events": [{"name": "e"}]}, "NAME_RESERVED"),
 ])
 def test_the_validation_server_fake_enforces_documented_limits(body: dict, code: str) -> None:

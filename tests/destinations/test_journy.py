@@ -61,7 +61,8 @@ def test_identify_full_properties_flattened_to_accepted_types() -> None:
 
 def test_identify_by_email_only() -> None:
     built = build(minimal("identify", anonymousId="a1", traits={"email": " ada@example.com", "plan": "pro"}))
-    assert shape(built.requests[0])[3] == {"identification": {"email": "ada@example.com"}, "properties": {"plan": "pro"}}
+    assert shape(built.requests[0])[3] == {"identification": {"email": "ada@example.com"},
+                                           "properties": {"plan": "pro"}}
 
 
 def test_identify_with_an_invalid_email_keeps_it_as_a_property() -> None:

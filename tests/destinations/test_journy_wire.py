@@ -17,8 +17,10 @@ def test_identify_group_track_reach_journy(tmp_path) -> None:
         with TrackRelay(tmp_path, destinations=[destination]) as tr:
             batch = [
                 {"type": "identify", "userId": "u-7", "traits": {"email": "u7@example.com", "plan": "pro"}},
-                {"type": "group", "userId": "u-7", "groupId": "co-1", "traits": {"name": "Co One", "website": "https://co.one"}},
-                {"type": "track", "userId": "u-7", "event": "Report Exported", "properties": {"format": "csv", "rows": 10},
+                {"type": "group", "userId": "u-7", "groupId": "co-1",
+                 "traits": {"name": "Co One", "website": "https://co.one"}},
+                {"type": "track", "userId": "u-7", "event": "Report Exported",
+                 "properties": {"format": "csv", "rows": 10},
                  "context": {"groupId": "co-1"}},
                 {"type": "track", "userId": "u-7", "event": "Profile Edited", "context": {"groupId": "co-1"},
                  "integrations": {"Journy.io": {"userOnly": True}}},

@@ -210,7 +210,8 @@ def test_group_full() -> None:
         ("POST", ENGAGE, PLAIN_HEADERS, [{"$token": TOKEN, "$distinct_id": "user-1", "$ip": "203.0.113.7",
                                           "$time": T, "$union": {"company": ["acct-42"]}}], (0,)),
         ("POST", GROUPS, PLAIN_HEADERS, [{"$token": TOKEN, "$group_key": "company", "$group_id": "acct-42",
-                                          "$set": {"$name": "Acme Inc", "plan": "enterprise", "employees": 120}}], (0,)),
+                                          "$set": {"$name": "Acme Inc", "plan": "enterprise", "employees": 120}}],
+         (0,)),
     ]
 
 
@@ -405,7 +406,8 @@ def test_groups_are_split_at_200() -> None:
 
 
 def _order_batch() -> tuple[Request, list[str]]:
-    events = [minimal("track", event="A", messageId="m-a"), fx.ORDER_COMPLETED, minimal("track", event="B", messageId="m-b")]
+    events = [minimal("track", event="A", messageId="m-a"), fx.ORDER_COMPLETED,
+              minimal("track", event="B", messageId="m-b")]
     [imp] = [r for r in build(events).requests if r.url == IMPORT]
     return imp, [rec["properties"]["$insert_id"] for rec in orjson.loads(imp.body)]
 

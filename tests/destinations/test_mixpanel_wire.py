@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,12 +20,13 @@ pytestmark = pytest.mark.skipif(
 
 DELIVERY = {"flush_interval": 0.05, "backoff_initial": 0.05, "backoff_max": 0.5}
 TOKEN = "wire-token"
-RATE_LIMITED = {"code": 429, "error": "Project exceeded rate limits. Please retry the request with exponential backoff.",
+RATE_LIMITED = {"code": 429,
+                "error": "Project exceeded rate limits. Please retry the request with exponential backoff.",
                 "status": "Too Many Requests"}
 
 
 def segment_batch() -> list[dict]:
-    future = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
     ctx = {"ip": "198.51.100.4", "campaign": {"name": "launch", "source": "x"}}
     return [
         {"type": "identify", "messageId": "w-1", "userId": "u1", "anonymousId": "anon-1", "context": ctx,
@@ -40,7 +41,8 @@ def segment_batch() -> list[dict]:
         {"type": "alias", "messageId": "w-7", "userId": "u1", "previousId": "old-u1"},
         {"type": "track", "messageId": "w-8", "userId": "u1", "event": "Order Completed",
          "properties": {"order_id": "o-1", "revenue": 30, "currency": "eur",
-                        "products": [{"product_id": "p1", "price": 10, "quantity": 2}, {"product_id": "p2", "price": 10}]}},
+                        "products": [{"product_id": "p1", "price": 10, "quantity": 2},
+                                     {"product_id": "p2", "price": 10}]}},
         # no sentAt: the client timestamp is kept, two days ahead; Mixpanel refuses it in a partial 400
         {"type": "track", "messageId": "w-9", "userId": "u1", "event": "From The Future", "timestamp": future},
     ]

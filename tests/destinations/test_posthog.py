@@ -81,7 +81,8 @@ def test_track_full() -> None:
 def test_page_minimal() -> None:
     assert only_event(minimal("page", properties={"url": "https://a.example/x?y=1"})) == {
         "event": "$pageview", "distinct_id": "anon-1",
-        "properties": {"url": "https://a.example/x?y=1", "$current_url": "https://a.example/x?y=1", "$host": "a.example"},
+        "properties": {"url": "https://a.example/x?y=1", "$current_url": "https://a.example/x?y=1",
+                       "$host": "a.example"},
         "timestamp": TS, "uuid": MIN_UUID}
 
 
@@ -193,7 +194,8 @@ def test_refund() -> None:
 
 
 def test_revenue_without_products() -> None:
-    assert only_event(fx.REVENUE_NO_PRODUCTS)["properties"] == {"revenue": 99.0, "currency": "USD", "plan": "pro", **CTX}
+    assert only_event(fx.REVENUE_NO_PRODUCTS)["properties"] == {"revenue": 99.0, "currency": "USD", "plan": "pro",
+                                                                **CTX}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +263,8 @@ def test_one_batch_request_for_many_events_and_10mb_split() -> None:
 def test_endpoints_regions_and_self_hosted() -> None:
     event = minimal("track", event="E")
     assert build(event, region="eu").requests[0].url == "https://eu.i.posthog.com/batch/"
-    assert build(event, endpoint="https://posthog.internal.example/").requests[0].url == "https://posthog.internal.example/batch/"
+    assert build(event,
+                 endpoint="https://posthog.internal.example/").requests[0].url == "https://posthog.internal.example/batch/"
     assert build(event, endpoint="http://127.0.0.1:8000/ph").requests[0].url == "http://127.0.0.1:8000/ph/batch/"
 
 
@@ -312,7 +315,8 @@ def test_classify_capture_answers(status: int, body: bytes, verdict: Verdict) ->
 def test_quota_limited_events_are_not_a_silent_success() -> None:
     out = posthog.classify(REQ, Response(200, {}, b'{"status":"Ok","quota_limited":["events"]}'))
     assert out.verdict is Verdict.PERMANENT and "quota" in out.reason
-    assert posthog.classify(REQ, Response(200, {}, b'{"status":"Ok","quota_limited":["recordings"]}')).verdict is Verdict.OK
+    assert posthog.classify(REQ,
+                            Response(200, {}, b'{"status":"Ok","quota_limited":["recordings"]}')).verdict is Verdict.OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +359,8 @@ def test_every_built_request_is_accepted_by_the_fake() -> None:
     ({"api_key": KEY, "batch": [{"distinct_id": "u"}]}, 400, "failed to parse request"),
     ({"api_key": KEY, "batch": [{"event": "e", "distinct_id": "u", "uuid": "ajs-1"}]}, 400, "failed to parse request"),
     ({"batch": [{"event": "e", "distinct_id": "u"}]}, 401, "event submitted without an api_key"),
-    ({"api_key": "phx_personal", "batch": [{"event": "e", "distinct_id": "u"}]}, 401, "API key is not valid: personal_api_key"),
+    ({"api_key": "phx_personal", "batch": [{"event": "e", "distinct_id": "u"}]}, 401,
+     "API key is not valid: personal_api_key"),
     ({"api_key": "", "batch": [{"event": "e", "distinct_id": "u"}]}, 401, "API key is not valid: empty"),
     ({"api_key": KEY, "batch": [{"event": "e", "distinct_id": "u", "properties": {"x": "y" * 1_100_000}}]},
      400, "maximum event size exceeded"),

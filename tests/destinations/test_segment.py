@@ -6,11 +6,10 @@ import base64
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from pydantic import SecretStr
-
-from datetime import datetime, timedelta, timezone
 
 from destinations.base import Message, at_send_time
 from destinations.segment import ADAPTER
@@ -30,7 +29,7 @@ def test_forwards_unchanged_with_own_key_golden():
     assert req.method == "POST" and req.url == "https://api.segment.io/v1/batch"
     assert dict(req.headers) == {"Content-Type": "application/json", "Authorization": auth("WK_FWD")}
     assert req.stamps_sent_at
-    body = orjson.loads(at_send_time(req, datetime(2026, 11, 22, 22, 0, 0, 250000, timezone.utc).timestamp()).body)
+    body = orjson.loads(at_send_time(req, datetime(2026, 11, 22, 22, 0, 0, 250000, UTC).timestamp()).body)
     # each item: originalTimestamp = trackrelay's corrected timestamp, no sentAt of its own
     assert body["batch"] == [{**{k: v for k, v in m.items() if k not in ("receivedAt", "sentAt")},
                               "originalTimestamp": m["timestamp"]} for m in ALL_CALLS]
@@ -43,18 +42,19 @@ def test_an_event_forwarded_hours_late_keeps_its_event_time_in_segment():
     """Segment: timestamp = receivedAt - (sentAt - originalTimestamp). An event that happened (and
     reached trackrelay) 2 h ago, with a device clock 10 min fast and its own sentAt, forwarded now:
     Segment's correction must give the original event time, not the delivery time."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     happened = now - timedelta(hours=2)
     iso = lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
     device = happened + timedelta(minutes=10)
-    stored = {**TRACK, "messageId": "late-1", "originalTimestamp": iso(device), "sentAt": iso(device + timedelta(seconds=1)),
+    stored = {**TRACK, "messageId": "late-1", "originalTimestamp": iso(device),
+              "sentAt": iso(device + timedelta(seconds=1)),
               "timestamp": iso(happened), "receivedAt": iso(happened + timedelta(seconds=1))}
     with FakeServer(make_app({"k"})) as fake:
         s = ADAPTER.validate_settings({"write_key": "k", "endpoint": fake.url})
         [req] = ADAPTER.build_requests([Message(stored)], s).requests
         assert send(req).status == 200
         got = fake.app[TIMESTAMPS]["late-1"]
-        assert abs(got - happened.timestamp()) < 5, (datetime.fromtimestamp(got, timezone.utc), happened)
+        assert abs(got - happened.timestamp()) < 5, (datetime.fromtimestamp(got, UTC), happened)
         # the same request, retried by delivery 30 min later: stamped at that attempt, still the event time
         fake.app[CLOCK_OFFSET][0] = 1800
         later = at_send_time(req, time.time() + 1800)

@@ -133,7 +133,8 @@ def test_anonymous_group_only_identifies_the_company() -> None:
         (fx.SCREEN, "screen calls: Userpilot's HTTP API has no page or screen endpoint"),
         (fx.ALIAS, "alias calls: Userpilot has no API to merge or rename users"),
         (fx.ANONYMOUS_TRACK, "track without userId: Userpilot records events for identified users only"),
-        (msg("identify", anonymousId="a1", traits={"plan": "pro"}), "identify without userId: Userpilot's API needs an identified user_id"),
+        (msg("identify", anonymousId="a1", traits={"plan": "pro"}),
+         "identify without userId: Userpilot's API needs an identified user_id"),
     ],
 )
 def test_calls_userpilot_cannot_take_are_skipped_with_a_reason(event: dict[str, Any], reason: str) -> None:
@@ -156,7 +157,8 @@ def test_events_userpilot_would_refuse_are_rejected(event: dict[str, Any], reaso
 
 def test_regions_endpoint_and_rate_limit() -> None:
     assert build(fx.TRACK, region="eu").requests[0].url == "https://analytex-eu.userpilot.io/v1/track"
-    assert build(fx.TRACK, endpoint="https://acme.userpilot.io/").requests[0].url == "https://acme.userpilot.io/v1/track"
+    assert build(fx.TRACK,
+                 endpoint="https://acme.userpilot.io/").requests[0].url == "https://acme.userpilot.io/v1/track"
     assert userpilot.ADAPTER.max_requests_per_second == 10
 
 
@@ -170,7 +172,8 @@ def test_classify_userpilot_answers() -> None:
     assert userpilot.ADAPTER.classify(req, Response(202, {}, b"{}")).verdict is Verdict.OK
     throttled = userpilot.ADAPTER.classify(req, Response(429, {"Retry-After": "12"}, b'{"errors":[]}'))
     assert throttled.verdict is Verdict.RETRY and throttled.retry_after == 12
-    body = b'{"errors":[{"error_code":"invalid_input","error":"Bad Request","message":"event_name is required","details":""}]}'
+    body = (b'{"errors":[{"error_code":"invalid_input","error":"Bad Request","message":"event_name is required",'
+            b'"details":""}]}')
     refused = userpilot.ADAPTER.classify(req, Response(400, {}, body))
     assert refused.verdict is Verdict.PERMANENT and "event_name is required" in refused.reason
     assert userpilot.ADAPTER.classify(req, Response(401, {}, b"{}")).verdict is Verdict.PERMANENT
@@ -213,7 +216,8 @@ def test_fake_refuses_with_userpilot_error_bodies_and_throttles() -> None:
         nested = Request("POST", f"{BASE}/v1/identify", HEADERS, b'{"user_id":"u1","metadata":{"a":{"b":1}}}', (0,))
         resp = send(nested, fake.url)
         assert resp.status == 400 and userpilot.ADAPTER.classify(nested, resp).verdict is Verdict.PERMANENT
-        assert orjson.loads(resp.body)["errors"][0]["message"] == "metadata.a must be a string, a number or an ISO 8601 date"
+        assert (orjson.loads(resp.body)["errors"][0]["message"]
+                == "metadata.a must be a string, a number or an ISO 8601 date")
         track = build(fx.TRACK).requests[0]
         assert send(track, fake.url).status == 202  # third request of the minute
         resp = send(track, fake.url)

@@ -30,7 +30,8 @@ def test_userpilot_end_to_end(tmp_path) -> None:
         batch = [
             {"type": "identify", "messageId": "p-1", "userId": "u1", "traits": {"email": "u1@example.com"},
              "context": {"groupId": "acct-1"}},
-            {"type": "track", "messageId": "p-2", "userId": "u1", "event": "Report Exported", "properties": {"rows": 12}},
+            {"type": "track", "messageId": "p-2", "userId": "u1", "event": "Report Exported",
+             "properties": {"rows": 12}},
             {"type": "group", "messageId": "p-3", "userId": "u1", "groupId": "acct-1", "traits": {"name": "Acme"}},
             {"type": "page", "messageId": "p-4", "userId": "u1", "name": "Pricing"},
         ]
@@ -45,6 +46,7 @@ def test_userpilot_end_to_end(tmp_path) -> None:
     assert sorted(p for p, _ in accepted) == ["/v1/companies/identify", "/v1/identify", "/v1/identify", "/v1/track"]
     assert ("/v1/track", {"user_id": "u1", "event_name": "Report Exported", "metadata": {"rows": 12}}) in accepted
     assert ("/v1/companies/identify", {"company_id": "acct-1", "metadata": {"name": "Acme"}}) in accepted
-    assert ("/v1/identify", {"user_id": "u1", "metadata": {"email": "u1@example.com"}, "company": {"id": "acct-1"}}) in accepted
+    assert ("/v1/identify",
+            {"user_id": "u1", "metadata": {"email": "u1@example.com"}, "company": {"id": "acct-1"}}) in accepted
     assert any(r.status == 429 for r in recorded)
     assert all(r.headers.get("X-API-Version") == "2020-09-22" for r in recorded)

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from destinations import usertour
 from destinations.base import Message, Request, Response, Verdict
@@ -208,8 +209,10 @@ def test_endpoint_override_for_self_hosted() -> None:
 
 
 def test_settings_need_project_and_environment() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="environment_id"):
         ADAPTER.validate_settings({"api_token": TOKEN, "project_id": "p"})
+    with pytest.raises(ValidationError, match="project_id"):
+        ADAPTER.validate_settings({"api_token": TOKEN, "environment_id": "e"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +247,10 @@ def test_classify_rate_limit_retries_after_the_header() -> None:
 
 
 def test_classify_membership_not_found_is_retried_other_404_not() -> None:
-    assert ADAPTER.classify(MEMBERSHIP_REQ, Response(404, {}, _envelope("E1002", "Company not found"))).verdict is Verdict.RETRY
-    assert ADAPTER.classify(EVENT_REQ, Response(404, {}, _envelope("E1033", "Unknown API route"))).verdict is Verdict.PERMANENT
+    assert ADAPTER.classify(MEMBERSHIP_REQ,
+                            Response(404, {}, _envelope("E1002", "Company not found"))).verdict is Verdict.RETRY
+    assert ADAPTER.classify(EVENT_REQ,
+                            Response(404, {}, _envelope("E1033", "Unknown API route"))).verdict is Verdict.PERMANENT
 
 
 def test_classify_success_and_non_json_errors() -> None:
@@ -286,7 +291,8 @@ def test_the_fake_refuses_what_usertour_refuses_with_its_error_bodies(fake: Fake
 
     no_auth = send(Request(good.method, good.url, {"Content-Type": "application/json"}, good.body, (0,)))
     assert no_auth.status == 401 and no_auth.json()["error"]["code"] == "E1010"
-    bad_key = send(Request(good.method, good.url, {**good.headers, "Authorization": "Bearer utp_wrong"}, good.body, (0,)))
+    bad_key = send(Request(good.method, good.url, {**good.headers, "Authorization": "Bearer utp_wrong"}, good.body,
+                           (0,)))
     assert bad_key.status == 403 and bad_key.json()["error"]["code"] == "E1000"
     other_env = send(Request(good.method, good.url.replace("/env1/", "/env2/"), good.headers, good.body, (0,)))
     assert other_env.status == 403 and other_env.json()["error"]["code"] == "E1029"
@@ -298,7 +304,8 @@ def test_the_fake_refuses_what_usertour_refuses_with_its_error_bodies(fake: Fake
     nested = send(Request(good.method, good.url, good.headers,
                           orjson.dumps({"userId": "u1", "name": "ok_event", "attributes": {"obj": {"x": 1}}}), (0,)))
     assert nested.status == 400
-    built_in = send(Request(good.method, good.url, good.headers, orjson.dumps({"userId": "u1", "name": "flow_completed"}), (0,)))
+    built_in = send(Request(good.method, good.url, good.headers,
+                            orjson.dumps({"userId": "u1", "name": "flow_completed"}), (0,)))
     assert built_in.status == 400
     extra_key = send(Request("PUT", f"{fake.url}/v2/projects/proj1/environments/env1/users/u1", good.headers,
                              orjson.dumps({"attributes": {}, "traits": {}}), (0,)))

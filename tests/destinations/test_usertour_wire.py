@@ -17,7 +17,8 @@ def test_identify_group_track_reach_usertour(tmp_path) -> None:
                                     "endpoint": fake.url}}
         with TrackRelay(tmp_path, destinations=[destination]) as tr:
             batch = [
-                {"type": "identify", "userId": "u-7", "traits": {"email": "u7@example.com", "created_at": "2026-01-01T00:00:00Z"}},
+                {"type": "identify", "userId": "u-7",
+                 "traits": {"email": "u7@example.com", "created_at": "2026-01-01T00:00:00Z"}},
                 {"type": "group", "userId": "u-7", "groupId": "co-1", "traits": {"name": "Co One", "plan": "team"},
                  "integrations": {"Usertour": {"membership": {"role": "owner"}}}},
                 {"type": "track", "userId": "u-7", "event": "Report Exported", "properties": {"format": "csv"},

@@ -121,12 +121,14 @@ def make_app(api_key: str = "amp-key") -> web.Application:
             for field in ("productId", "revenueType"):
                 if field in ev and not ("price" in ev or "revenue" in ev):
                     _first(invalid, field, index)
-            if "currency" in ev and not (isinstance(ev["currency"], str) and len(ev["currency"]) == 3 and ev["currency"].isupper()):
+            if "currency" in ev and not (isinstance(ev["currency"],
+                                                    str) and len(ev["currency"]) == 3 and ev["currency"].isupper()):
                 _first(invalid, "currency", index)
             ingested.append(ev)
         if invalid or missing:
             answer: dict[str, Any] = {"code": 400}
-            answer["error"] = "Request missing required field" if missing and not invalid else "Invalid field values on some events"
+            answer["error"] = ("Request missing required field" if missing and not invalid
+                               else "Invalid field values on some events")
             if invalid:
                 answer["events_with_invalid_fields"] = invalid
             if missing:

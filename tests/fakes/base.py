@@ -84,7 +84,7 @@ class FakeServer:
         rec.status = response.status
         return response
 
-    def start(self) -> "FakeServer":
+    def start(self) -> FakeServer:
         self._thread = threading.Thread(target=self._run, name=f"fake:{self.port}", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -113,7 +113,7 @@ class FakeServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

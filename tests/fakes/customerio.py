@@ -9,8 +9,9 @@ batch endpoint, enforcing the rules in shared/reference/destinations.md section 
   must be a ULID, ``timestamp`` an integer (unix seconds), attributes an object with at most 300
   keys, names at most 150 bytes and values at most 1,000 bytes, event data at most 100,000 bytes.
   A merge needs its ``primary`` person to exist (Customer.io: "primary must already exist"): the
-  fake remembers the people identified through it. Invalid items get 207 ``{"errors": [{"batch_index", "reason", "field", "message"}]}`` while the
-  others are accepted. ``/api/v1/events`` answers 400 ``{"meta": {"error": "..."}}``.
+  fake remembers the people identified through it. Invalid items get 207
+  ``{"errors": [{"batch_index", "reason", "field", "message"}]}`` while the others are accepted.
+  ``/api/v1/events`` answers 400 ``{"meta": {"error": "..."}}``.
 - Pipelines: HTTP Basic ``<api key>:``; ``/v1/batch`` of Segment messages; with ``X-Strict-Mode: 1``
   invalid payloads get 400 ``{"code", "message"}``, without it they get 200 and are dropped
   (recorded in ``app["dropped"]``), as Customer.io documents.
@@ -185,7 +186,8 @@ def validate_segment(msg: Any) -> str | None:
     return None
 
 
-def make_app(site_id: str = "site-123", api_key: str = "track-key-456", pipelines_key: str = "cdp-key-789") -> web.Application:
+def make_app(site_id: str = "site-123", api_key: str = "track-key-456",
+             pipelines_key: str = "cdp-key-789") -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app["accepted"] = []
     app["dropped"] = []
@@ -205,14 +207,18 @@ def make_app(site_id: str = "site-123", api_key: str = "track-key-456", pipeline
             return json_error(401, {"meta": {"error": "Unauthorized request"}})
         raw = await request.read()
         if len(raw) > MAX_BATCH_BYTES:
-            return json_error(400, {"errors": [{"reason": "invalid", "field": "batch", "message": "request must be smaller than 500kb"}]})
+            return json_error(400,
+                              {"errors": [{"reason": "invalid", "field": "batch",
+                                           "message": "request must be smaller than 500kb"}]})
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return json_error(400, {"errors": [{"reason": "invalid", "field": "", "message": "malformed JSON"}]})
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list) or not batch:
-            return json_error(400, {"errors": [{"reason": "required", "field": "batch", "message": "batch must be a non-empty array"}]})
+            return json_error(400,
+                              {"errors": [{"reason": "required", "field": "batch",
+                                           "message": "batch must be a non-empty array"}]})
         errors = []
         for index, item in enumerate(batch):
             try:
@@ -253,7 +259,9 @@ def make_app(site_id: str = "site-123", api_key: str = "track-key-456", pipeline
             return answer
         strict = request.headers.get("X-Strict-Mode") == "1"
         if not _basic_ok(request, pipelines_key, ""):
-            return json_error(401, {"code": "unauthorized", "message": "invalid API key"}) if strict else web.json_response({})
+            return json_error(401,
+                              {"code": "unauthorized",
+                               "message": "invalid API key"}) if strict else web.json_response({})
         raw = await request.read()
         problem = None
         batch: list[Any] = []

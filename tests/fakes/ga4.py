@@ -86,7 +86,8 @@ def validate(body: bytes) -> list[dict[str, str]]:
         out.append(_msg("events", "At least one event is required.", "VALUE_REQUIRED"))
         return out
     if len(events) > 25:
-        out.append(_msg("events", f"A request can have at most 25 events; it has {len(events)}.", "EXCEEDED_MAX_ENTITIES"))
+        out.append(_msg("events", f"A request can have at most 25 events; it has {len(events)}.",
+                        "EXCEEDED_MAX_ENTITIES"))
     for index, event in enumerate(events):
         out += _event(index, event)
     return out
@@ -123,9 +124,12 @@ def _event(index: int, event: Any) -> list[dict[str, str]]:
     if not isinstance(name, str) or not name:
         out.append(_msg(f"{at}.name", f"Event at index: [{index}] has no name.", "VALUE_REQUIRED"))
     elif not NAME.match(name):
-        out.append(_msg("events", f"Event at index: [{index}] has invalid name [{name}]. Names must start with an alphabetic character.", "NAME_INVALID"))
+        out.append(_msg("events",
+                        f"Event at index: [{index}] has invalid name [{name}]. "
+                        "Names must start with an alphabetic character.", "NAME_INVALID"))
     elif len(name) > 40:
-        out.append(_msg(f"{at}.name", f"Event at index: [{index}] has a name longer than 40 characters.", "VALUE_OUT_OF_BOUNDS"))
+        out.append(_msg(f"{at}.name", f"Event at index: [{index}] has a name longer than 40 characters.",
+                        "VALUE_OUT_OF_BOUNDS"))
     elif name in RESERVED_EVENTS:
         out.append(_msg(f"{at}.name", f"Event at index: [{index}] has reserved name [{name}].", "NAME_RESERVED"))
     ts = event.get("timestamp_micros")
@@ -135,7 +139,8 @@ def _event(index: int, event: Any) -> list[dict[str, str]]:
     if not isinstance(params, dict):
         return out + [_msg(f"{at}.params", f"Event at index: [{index}] params must be an object.", "VALUE_INVALID")]
     if len(params) > 25:
-        out.append(_msg(f"{at}.params", f"Event at index: [{index}] has more than 25 parameters.", "EXCEEDED_MAX_ENTITIES"))
+        out.append(_msg(f"{at}.params", f"Event at index: [{index}] has more than 25 parameters.",
+                        "EXCEEDED_MAX_ENTITIES"))
     for key, value in params.items():
         path = f"{at}.params.{key}"
         if not NAME.match(key) or len(key) > 40:
@@ -147,15 +152,19 @@ def _event(index: int, event: Any) -> list[dict[str, str]]:
         if key == "items":
             out += _items(index, value)
         elif not _scalar(value):
-            out.append(_msg(path, f"Event at index: [{index}] parameter [{key}] must be a string, number or boolean.", "VALUE_INVALID"))
+            out.append(_msg(path, f"Event at index: [{index}] parameter [{key}] must be a string, number or boolean.",
+                            "VALUE_INVALID"))
         elif isinstance(value, str) and len(value) > LONG_VALUES.get(key, 100):
-            out.append(_msg(path, f"Event at index: [{index}] parameter [{key}] value is too long.", "VALUE_OUT_OF_BOUNDS"))
+            out.append(_msg(path, f"Event at index: [{index}] parameter [{key}] value is too long.",
+                            "VALUE_OUT_OF_BOUNDS"))
     if "value" in params and not _number(params["value"]):
         out.append(_msg(f"{at}.params.value", f"Event at index: [{index}] value must be a number.", "VALUE_INVALID"))
     if "value" in params and "currency" not in params:
-        out.append(_msg(f"{at}.params.currency", f"Event at index: [{index}] needs currency when value is set.", "VALUE_REQUIRED"))
+        out.append(_msg(f"{at}.params.currency", f"Event at index: [{index}] needs currency when value is set.",
+                        "VALUE_REQUIRED"))
     if "currency" in params and not (isinstance(params["currency"], str) and CURRENCY.match(params["currency"])):
-        out.append(_msg(f"{at}.params.currency", f"Event at index: [{index}] has an invalid ISO 4217 currency.", "VALUE_INVALID"))
+        out.append(_msg(f"{at}.params.currency", f"Event at index: [{index}] has an invalid ISO 4217 currency.",
+                        "VALUE_INVALID"))
     return out
 
 
@@ -176,10 +185,13 @@ def _items(index: int, items: Any) -> list[dict[str, str]]:
             out.append(_msg(path, "One of item_id or item_name is required.", "VALUE_REQUIRED"))
         for key in ("price", "quantity", "index", "discount"):
             if key in item and not _number(item[key]):
-                out.append(_msg(f"{path}.{key}", f"Validation of item.{key} should prevent conversion from unsupported value [{item[key]!r}]", "VALUE_INVALID"))
+                out.append(_msg(f"{path}.{key}",
+                                f"Validation of item.{key} should prevent conversion from unsupported value "
+                                f"[{item[key]!r}]", "VALUE_INVALID"))
         for key, value in item.items():
             if not _scalar(value):
-                out.append(_msg(f"{path}.{key}", f"Item parameter [{key}] must be a string, number or boolean.", "VALUE_INVALID"))
+                out.append(_msg(f"{path}.{key}", f"Item parameter [{key}] must be a string, number or boolean.",
+                                "VALUE_INVALID"))
     return out
 
 

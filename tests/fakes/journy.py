@@ -169,7 +169,8 @@ def make_app(api_key: str = "jy_test_key", rate_limit: int = 5000) -> web.Applic
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             errors["name"] = "should be a non-empty string"
-        if "triggeredAt" in body and (not isinstance(body["triggeredAt"], str) or not DATETIME.match(body["triggeredAt"])):
+        if "triggeredAt" in body and (not isinstance(body["triggeredAt"],
+                                                     str) or not DATETIME.match(body["triggeredAt"])):
             errors["triggeredAt"] = "should be a datetime (ISO 8601)"
         metadata = body.get("metadata")
         if metadata is not None:

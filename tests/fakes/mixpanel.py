@@ -7,8 +7,9 @@ Enforces what docs.mixpanel.com (reference/import-events, profile-set, group-set
   With ``strict=1`` every record is validated: event name, ``properties.time`` (seconds or ms, not
   before 1971 nor more than 1 hour ahead of the fake's clock), ``distinct_id`` and ``$insert_id``
   present and not a refused value, ``$insert_id`` <= 36 chars of [A-Za-z0-9-], < 1 MB, < 255
-  properties, nested objects < 255 keys and <= 3 levels, arrays < 255 elements. Failing records come back in ``failed_records`` of a 400 while valid
-  ones are ingested (partial success), exactly as Mixpanel answers.
+  properties, nested objects < 255 keys and <= 3 levels, arrays < 255 elements. Failing records come
+  back in ``failed_records`` of a 400 while valid ones are ingested (partial success), exactly as
+  Mixpanel answers.
 - /engage and /groups: a JSON array (or form ``data=``) of updates, each with ``$token``, the
   identity (``$distinct_id`` / ``$group_key`` + ``$group_id``) and one operation; answers ``1``/``0``
   or, with ``verbose=1``, ``{"status":1,"error":null}`` / ``{"status":0,"error":"..."}``. Like the
@@ -89,7 +90,8 @@ def validate_record(record: Any, now: float | None = None) -> tuple[str, str] | 
         return "properties.time", "'properties.time' is invalid: must not be more than 1 hour in the future"
     distinct = props.get("distinct_id")
     if not isinstance(distinct, str) or distinct.strip().lower() in INVALID_IDS:
-        return "properties.distinct_id", "'properties.distinct_id' is invalid: must be a string and not a placeholder value"
+        return ("properties.distinct_id",
+                "'properties.distinct_id' is invalid: must be a string and not a placeholder value")
     iid = props.get("$insert_id")
     if not isinstance(iid, str) or not INSERT_ID.match(iid) or iid.lower() in INVALID_IDS:
         return "properties.$insert_id", "'properties.$insert_id' is invalid: must be <= 36 characters of [A-Za-z0-9-]"

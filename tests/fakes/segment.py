@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ def _time(value: Any) -> float | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 TYPES = {"track", "identify", "page", "screen", "group", "alias"}
 
 
@@ -61,12 +61,16 @@ def make_app(write_keys: set[str]) -> web.Application:
         if key is None and isinstance(payload, dict):
             key = payload.get("writeKey")
         if not key:
-            return json_error(400, {"success": False, "code": "invalid_request", "message": "An invalid write key was provided"})
+            return json_error(400,
+                              {"success": False, "code": "invalid_request",
+                               "message": "An invalid write key was provided"})
         if key not in write_keys:
             return json_error(401, {"success": False, "code": "invalid_write_key", "message": "unknown write key"})
         items = payload.get("batch") if isinstance(payload, dict) else None
         if not isinstance(items, list) or len(items) > 2500:
-            return json_error(400, {"success": False, "code": "invalid_request", "message": "batch must be a list of at most 2500 events"})
+            return json_error(400,
+                              {"success": False, "code": "invalid_request",
+                               "message": "batch must be a list of at most 2500 events"})
         for item in items:
             if (not isinstance(item, dict) or item.get("type") not in TYPES or not item.get("messageId")
                     or not (item.get("userId") or item.get("anonymousId"))
@@ -80,7 +84,8 @@ def make_app(write_keys: set[str]) -> web.Application:
             if item.get("sentAt") is not None and _time(item["sentAt"]) is None:
                 return json_error(400, {"success": False, "code": "invalid_request", "message": "sentAt is not a time"})
         for item in items:
-            sent, original = _time(item.get("sentAt") or batch_sent), _time(item.get("originalTimestamp") or item.get("timestamp"))
+            sent = _time(item.get("sentAt") or batch_sent)
+            original = _time(item.get("originalTimestamp") or item.get("timestamp"))
             app[TIMESTAMPS][item["messageId"]] = (
                 received - (sent - original) if sent is not None and original is not None else original or received)
         app[ACCEPTED].extend((key, item) for item in items)

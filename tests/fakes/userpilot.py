@@ -85,12 +85,17 @@ def make_app(api_key: str = "up-key-123", requests_per_minute: int = 600) -> web
         while window and now - window[0] >= 60:
             window.popleft()
         if len(window) >= requests_per_minute:
-            return json_error(429, error_body("rate_limited", "Too Many Requests", f"more than {requests_per_minute} requests per minute"))
+            return json_error(429,
+                              error_body("rate_limited", "Too Many Requests",
+                                         f"more than {requests_per_minute} requests per minute"))
         window.append(now)
         if request.headers.get("X-API-Version") != API_VERSION:
-            return json_error(400, error_body("invalid_api_version", "Bad Request", f"X-API-Version must be {API_VERSION}"))
+            return json_error(400,
+                              error_body("invalid_api_version", "Bad Request", f"X-API-Version must be {API_VERSION}"))
         if not request.headers.get("Content-Type", "").startswith("application/json"):
-            return json_error(400, error_body("invalid_content_type", "Bad Request", "Content-Type must be application/json"))
+            return json_error(400,
+                              error_body("invalid_content_type", "Bad Request",
+                                         "Content-Type must be application/json"))
         try:
             body = orjson.loads(await request.read())
             validate(request.path, body)

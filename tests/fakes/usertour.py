@@ -205,7 +205,8 @@ def make_app(token: str = "utp_test_token", project_id: str = "proj1", environme
         issues += _code_name_issues(body.get("name"), "name")
         attrs = body.get("attributes")
         issues += _attribute_issues(attrs)
-        if isinstance(attrs, dict) and any(isinstance(v, dict) and set(v) - {"set", "data_type"} for v in attrs.values()):
+        if isinstance(attrs,
+                      dict) and any(isinstance(v, dict) and set(v) - {"set", "data_type"} for v in attrs.values()):
             issues.append(_issue("attributes", "Events take a literal, null or {set, data_type} only"))
         if "occurredAt" in body:
             when = body["occurredAt"]

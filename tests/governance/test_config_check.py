@@ -82,7 +82,8 @@ def test_check_reports_every_governance_problem_with_its_line(tmp_path):
 
     has("c.yaml:4: sources.0.tracking_plan.on_violation", "'allow', 'flag' or 'block'")
     has("c.yaml:14: destinations.0.filters.0.drop.if", "use '==' to compare (column 7 in: event = \"Debug\")")
-    has("c.yaml:15: destinations.0.filters.1.allow.if", "expected ',' or ']' in the list that opens at column 9 (column 17 in:")
+    has("c.yaml:15: destinations.0.filters.1.allow.if",
+        "expected ',' or ']' in the list that opens at column 9 (column 17 in:")
     has("c.yaml:16: destinations.0.filters.2.sample.percent", "less than or equal to 100")
     has("c.yaml:17: destinations.0.filters.3", "unknown filter 'dorp'")
     has("c.yaml:18: destinations.0.filters.4", "exactly one key")
@@ -210,7 +211,8 @@ def test_plan_infer_from_a_running_servers_spool(tmp_path):
     assert check(cfg_path).returncode == 0
     # nothing newer than "0s ago", and an unknown source
     none = subprocess.run([sys.executable, "-m", "proxy", "plan", "infer", "--config", str(tr.config_path),
-                           "--source", "web", "--since", "2099-01-01T00:00:00Z"], capture_output=True, text=True, cwd=ROOT)
+                           "--source", "web", "--since", "2099-01-01T00:00:00Z"], capture_output=True, text=True,
+                          cwd=ROOT)
     assert none.returncode == 1 and "nothing to infer" in none.stderr
     bad = subprocess.run([sys.executable, "-m", "proxy", "plan", "infer", "--config", str(tr.config_path),
                           "--source", "android"], capture_output=True, text=True, cwd=ROOT)

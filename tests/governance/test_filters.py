@@ -88,7 +88,8 @@ def test_steps_run_in_order():
 def test_sampling_is_deterministic_per_user_and_holds_the_rate():
     p = pipeline([{"sample": {"percent": 10, "by": "userId"}}])
     users = [f"user-{i}" for i in range(100_000)]
-    kept = {u for u in users if p.apply({"type": "track", "userId": u, "messageId": random.random()}).outcome == "deliver"}
+    kept = {u for u in users if p.apply({"type": "track", "userId": u,
+                                         "messageId": random.random()}).outcome == "deliver"}
     assert abs(len(kept) / len(users) - 0.10) <= 0.02
     # all in or all out: every event of a user gets the same answer, whatever else it carries
     for u in users[:2000]:

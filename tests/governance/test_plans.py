@@ -47,7 +47,8 @@ def test_violations_have_segments_shape():
     assert v[0].as_dict() == {"type": "Required", "field": "properties.order_id",
                               "description": "properties.order_id is required"}
     assert "ten" in v[1].description
-    assert [(x.type, x.field) for x in p.check({"type": "track", "event": "Strict", "properties": {"a": "x", "b": 1}})] \
+    checked = p.check({"type": "track", "event": "Strict", "properties": {"a": "x", "b": 1}})
+    assert [(x.type, x.field) for x in checked] \
         == [("Unplanned Property", "properties.b")]
     assert [(x.type, x.field) for x in p.check({"type": "identify", "traits": {"email": "nope"}})] \
         == [("Format", "traits.email")]
@@ -103,11 +104,13 @@ def test_defaults_are_not_written_into_events():
 
 @pytest.mark.parametrize("data,loc,fragment", [
     ({"events": {"E": {"type": "strin"}}}, ("events", "E", "type"), "invalid JSON Schema"),
-    ({"events": {"E": {"properties": {"a": {"minimum": "x"}}}}}, ("events", "E", "properties", "a", "minimum"), "invalid"),
+    ({"events": {"E": {"properties": {"a": {"minimum": "x"}}}}}, ("events", "E", "properties", "a", "minimum"),
+     "invalid"),
     ({"events": {"E": []}}, ("events", "E"), "a schema is a mapping"),
     ({"events": ["E"]}, ("events",), "events is a mapping"),
     ({"traits": {}}, ("traits",), "unknown key"),
-    ({"events": {"E": {"$schema": "https://json-schema.org/draft/2020-12/schema"}}}, ("events", "E", "$schema"), "draft-07"),
+    ({"events": {"E": {"$schema": "https://json-schema.org/draft/2020-12/schema"}}}, ("events", "E", "$schema"),
+     "draft-07"),
     ({"events": {"E": {"$ref": "https://example.com/s.json"}}}, ("events", "E"), "Retrieval is disabled"),
 ])
 def test_bad_plans_say_where(data, loc, fragment):
@@ -149,7 +152,8 @@ def test_infer_plan():
     assert text.startswith("# made by a test\n# events seen: Order Completed (2), Signed Up (1)\n")
     compiled = SourcePlan("web", TrackingPlan(yaml.safe_load(text)), "block", "block")
     assert all(compiled.check(e) == [] for e in events if e.get("event") != "")
-    assert compiled.decide({"type": "track", "event": "Order Completed", "properties": {"order_id": 5}}).action == "block"
+    assert compiled.decide({"type": "track", "event": "Order Completed",
+                            "properties": {"order_id": 5}}).action == "block"
 
 
 def test_infer_mixed_types():

@@ -40,7 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def podman(*args: str, check: bool = True, timeout: float = 120,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, input=input)
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
@@ -99,7 +100,7 @@ class Container:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def run(self, timeout: float = 60) -> "Container":
+    def run(self, timeout: float = 60) -> Container:
         podman("rm", "-f", "--ignore", self.name)
         podman("run", "-d", "--name", self.name, "--network", NETWORK,
                "-p", f"127.0.0.1:{self.port}:8088", "-v", f"{self.volume}:/data",

@@ -11,7 +11,8 @@ whose now() is shifted, so both the events' "timestamp" and the request's "sentA
 exactly as on a machine with a wrong clock; the SDK code itself is untouched).
 
 Prints one JSON object on stdout: {"version", "sent": [message dicts as the SDK enqueued them],
-"resent": [messageIds sent a second time, in a later request], "errors": [...]}. Exit code 0 even if delivery failed; the test asserts on "errors".
+"resent": [messageIds sent a second time, in a later request], "errors": [...]}. Exit code 0 even if
+delivery failed; the test asserts on "errors".
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main() -> None:
 
     # A batch of several events in one request: anonymous ids, an explicit (past) timestamp,
     # a client-supplied context.ip (must be kept), context.direct (server should fill context.ip).
-    past = client_mod.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=_dt.timezone.utc)
+    past = client_mod.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=_dt.UTC)
     for i in range(7):
         keep(client.track(anonymous_id=f"anon-{i}", event="Item Viewed", properties={"i": i, "run": run},
                           context={"run": run}))

@@ -102,7 +102,7 @@ def _settled(url: str) -> float:
     text = http_get(url + "/metrics", 5)[1].decode()
     total = 0.0
     for line in text.splitlines():
-        if (line.startswith("trackrelay_events_delivered_total{") or line.startswith("trackrelay_events_skipped_total{")) \
+        if (line.startswith(("trackrelay_events_delivered_total{", "trackrelay_events_skipped_total{"))) \
                 and 'destination="hook"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -112,9 +112,9 @@ def end_to_end_once(workdir: Path, governed: bool, events_n: int, tag: str) -> d
     import yaml
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchmarks.common import WRITE_KEY, CpuMeter, Procs, free_port, start_helper, wait_http
-    from benchmarks.common import PYTHON
     from delivery import fill
+
+    from benchmarks.common import PYTHON, WRITE_KEY, CpuMeter, Procs, free_port, start_helper, wait_http
 
     procs = Procs()
     try:
@@ -169,7 +169,8 @@ def end_to_end(args: argparse.Namespace) -> None:
             for governed in order:
                 res = end_to_end_once(workdir, governed, args.e2e_events, f"{'gov' if governed else 'plain'}-{r}")
                 runs.append(res)
-                print(f"  round {r + 1} {'governed' if governed else 'plain   '}: ingest {res['ingest']:,.0f} events/s, "
+                label = "governed" if governed else "plain   "
+                print(f"  round {r + 1} {label}: ingest {res['ingest']:,.0f} events/s, "
                       f"end-to-end {res['e2e']:,.0f} events/s ({res['settled']:.0f} of {res['stored']} settled), "
                       f"server cores {res['cpu']:.2f} ({res['cpu_us']:.0f} µs CPU per event)", flush=True)
     finally:
@@ -179,7 +180,8 @@ def end_to_end(args: argparse.Namespace) -> None:
         return max(r[key] for r in runs if r["governed"] is governed)
     print(f"\n{'':<12} {'ingest ev/s':>12} {'end-to-end ev/s':>16}   (best of {args.rounds})")
     for governed in (False, True):
-        print(f"{'governed' if governed else 'plain':<12} {best(governed, 'ingest'):>12,.0f} {best(governed, 'e2e'):>16,.0f}")
+        label = "governed" if governed else "plain"
+        print(f"{label:<12} {best(governed, 'ingest'):>12,.0f} {best(governed, 'e2e'):>16,.0f}")
     for key, what in (("ingest", "ingest"), ("e2e", "end-to-end")):
         ratio = best(True, key) / best(False, key)
         print(f"governed / plain, {what}: {ratio:.3f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")

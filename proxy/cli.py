@@ -1,4 +1,5 @@
-"""Command line: ``trackrelay serve | check | test-event | dead-letters list|show|replay | spool stats|events|migrate|forget | plan infer``.
+"""Command line: ``trackrelay serve | check | test-event | dead-letters list|show|replay |
+spool stats|events|migrate|forget | plan infer|blocked | docs``.
 
 Every command that reads or changes stored data goes through the spool port (proxy/spool/), and is
 safe while a server runs on the same spool."""
@@ -12,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -43,7 +44,8 @@ def _load(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"invalid configuration ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        print(f"invalid configuration ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):",
+              file=sys.stderr)
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
         sys.exit(2)
@@ -204,7 +206,7 @@ async def _orphans(spool, config: Config) -> list[str]:  # type: ignore[no-untyp
 
 
 def _ts(value: float) -> str:
-    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _since(value: str | None) -> float | None:

@@ -223,7 +223,8 @@ class Ingest:
                 try:
                     decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
                 except (binascii.Error, ValueError):
-                    raise BadRequest(400, "invalid_authorization", "Authorization: Basic value is not valid base64") from None
+                    raise BadRequest(400, "invalid_authorization",
+                                     "Authorization: Basic value is not valid base64") from None
                 key = decoded.split(":", 1)[0] or None
         if key is None:
             raise BadRequest(400, "invalid_request", "An invalid write key was provided")
@@ -438,7 +439,7 @@ class Ingest:
         messages: list[str] = []
         routes: list[Route] = []
         route_cache: dict[int, int] = {}
-        for index, (fields, raw) in enumerate(zip(parsed, items_raw)):
+        for index, (fields, raw) in enumerate(zip(parsed, items_raw, strict=True)):
             try:
                 if fields is None:
                     raise spec.Invalid("not_an_object", "each event must be a JSON object")

@@ -19,12 +19,12 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
-import urllib.request
-import urllib.error
 import yaml
 
 from tests.fakes.base import free_port
@@ -77,7 +77,7 @@ class TrackRelay:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "TrackRelay":
+    def start(self, timeout: float = 20.0) -> TrackRelay:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -122,7 +122,7 @@ class TrackRelay:
             self.proc.wait(timeout)
         return self.proc.returncode
 
-    def __enter__(self) -> "TrackRelay":
+    def __enter__(self) -> TrackRelay:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -170,7 +170,7 @@ def test_black_holed_destination_does_not_slow_the_healthy_one(tmp_path):
         for i in range(40):
             start = time.monotonic()
             send(tr, events(5, f"iso{i}"))
-            wait(lambda: len(good.delivered_ids()) >= 5 * (i + 1), timeout=10, what="healthy delivery")
+            wait(lambda n=5 * (i + 1): len(good.delivered_ids()) >= n, timeout=10, what="healthy delivery")
             latencies.append(time.monotonic() - start)
         assert len(fh.snapshot()) >= 1, "the black hole was tried"
         # the healthy destination's latency is flush_interval plus a little, never the hole's timeout

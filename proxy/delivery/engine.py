@@ -62,7 +62,7 @@ log = structlog.get_logger("trackrelay.delivery")
 INFLIGHT_MAX_WAIT = 5.0  # longer Retry-After values are waited out durably, not in flight
 # a batch refused with one of these, without per-message detail, is split to find the bad messages
 SPLIT_STATUSES = frozenset({400, 413, 422})
-_SEVERITY = {Verdict.OK: 0, Verdict.RETRY: 1, Verdict.PERMANENT: 2}
+_SEVERITY: dict[Verdict | None, int] = {Verdict.OK: 0, Verdict.RETRY: 1, Verdict.PERMANENT: 2}
 
 
 @dataclass(slots=True)
@@ -91,7 +91,7 @@ def backoff(attempts: int, initial: float, cap: float) -> float:
 
 class DestinationWorker:
     def __init__(self, dest: DestinationConfig, delivery: EffectiveDelivery, spool: Spool,
-                 engine: "DeliveryEngine") -> None:
+                 engine: DeliveryEngine) -> None:
         self.name = dest.name
         self.adapter: Adapter = dest.adapter
         self.settings = dest.parsed_settings
@@ -230,7 +230,8 @@ class DestinationWorker:
 
     async def deliver(self, batch: list[Work], probe: bool = False) -> None:
         if self.pipeline is None:
-            messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index), raw=w.raw) for w in batch]
+            messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index),
+                                raw=w.raw) for w in batch]
             results = await self.send(messages, [w.done for w in batch])
             await self.record(batch, messages, results, probe)
             return
@@ -338,7 +339,7 @@ class DestinationWorker:
         for part in (idx[:half], idx[half:]):
             sub = await self.send([messages[i] for i in part],
                                   [(done[i] if done else frozenset()) | results[i].done for i in part])
-            for i, res in zip(part, sub):
+            for i, res in zip(part, sub, strict=True):
                 current = results[i]
                 res.attempts += max(current.attempts, tries.count)
                 res.done |= current.done
@@ -352,6 +353,7 @@ class DestinationWorker:
         tries = _Attempts()
 
         def wait(state: RetryCallState) -> float:
+            assert state.outcome is not None  # tenacity waits only after an attempt
             outcome: Outcome = state.outcome.result()
             if outcome.retry_after is not None:
                 return outcome.retry_after
@@ -365,9 +367,9 @@ class DestinationWorker:
             stop=stop_after_attempt(self.d.inflight_retries + 1),
             wait=wait,
             retry=retry_if_result(should_retry),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=_last_outcome,
         )
-        outcome = await retrying(self.attempt, req, tries, mids)
+        outcome: Outcome = await retrying(self.attempt, req, tries, mids)
         return outcome, tries
 
     async def attempt(self, req: Request, tries: _Attempts, mids: Sequence[str | None] = ()) -> Outcome:
@@ -376,7 +378,7 @@ class DestinationWorker:
         started = time.monotonic()
         try:
             response = await self.engine.transport(req, self.d.timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = f"network error: {type(exc).__name__}: {exc}"[:300]
             tries.last_status, tries.last_body = None, reason
             METRICS.requests_sent.labels(self.name, "network_error").inc()
@@ -419,7 +421,7 @@ class DestinationWorker:
         delivered = 0
         retry_due: list[float] = []
         latency = METRICS.delivery_latency.labels(self.name)
-        for work, message, res in zip(batch, messages, results):
+        for work, message, res in zip(batch, messages, results, strict=True):
             attempts = work.attempts + res.attempts
             done = work.done | res.done
             if res.verdict is Verdict.RETRY:
@@ -497,7 +499,7 @@ def fold_results(owners: Sequence[int], results: Sequence[Result], works: int) -
     the most attempts, and as ``done`` only the request keys every one of its messages got done (a
     retry then re-sends what any of them still needs). A Work with no message is skipped."""
     grouped: list[list[Result]] = [[] for _ in range(works)]
-    for owner, res in zip(owners, results):
+    for owner, res in zip(owners, results, strict=True):
         grouped[owner].append(res)
     rank = {None: -1, **_SEVERITY}
     out: list[Result] = []
@@ -514,6 +516,13 @@ def fold_results(owners: Sequence[int], results: Sequence[Result], works: int) -
         out.append(Result(worst.verdict, worst.reason, worst.status, worst.response, max(waits) if waits else None,
                           max(r.attempts for r in group), done))
     return out
+
+
+def _last_outcome(state: RetryCallState) -> Outcome:
+    """Out of in-flight retries: the last attempt's outcome is the request's."""
+    assert state.outcome is not None
+    outcome: Outcome = state.outcome.result()
+    return outcome
 
 
 def request_key(req: Request) -> str:
@@ -603,7 +612,8 @@ class DeliveryEngine:
 
     def problems(self) -> list[str]:
         out = []
-        for w in [*self.workers, *self.blocked]:
+        every: list[DestinationWorker | BlockedWorker] = [*self.workers, *self.blocked]
+        for w in every:
             if w.task is None:
                 out.append(f"{w.name}: not started")
             elif w.task.done():

@@ -153,8 +153,8 @@ def tokenize(text: str) -> list[_Tok]:
             j = m.end()
             if j < n and (text[j].isalnum() or text[j] in "_$`."):
                 raise ExpressionError(f"unexpected character {text[j]!r} after the number {raw}", j, text)
-            value: Any = float(raw) if any(x in raw for x in ".eE") else int(raw)
-            toks.append(_Tok("num", value, i))
+            number: Any = float(raw) if any(x in raw for x in ".eE") else int(raw)
+            toks.append(_Tok("num", number, i))
         elif c == "`" or _IDENT.match(text, i):
             segments: list[str] = []
             name, j, quoted = _scan_segment(text, i, True)
@@ -499,7 +499,8 @@ class _Compiler:
                 return False
             return member
         if right[0] == "lit":
-            raise self.error(f"'in' expects a list such as [\"a\", \"b\"] or a field; found {_literal(right)}", right[1])
+            raise self.error(f"'in' expects a list such as [\"a\", \"b\"] or a field; found {_literal(right)}",
+                             right[1])
         container = self.operand(right)
 
         def member_of_field(e: dict) -> bool:

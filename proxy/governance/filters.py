@@ -146,26 +146,36 @@ def _keep_fields_edit(spec: dict[str, list[str]]) -> _Edit:
 
 
 def _compile_step(step: FilterStep) -> tuple[str, _Check | None, _Edit | None]:
+    """The step's (kind, check, edit). Each step has exactly its kind's field set (FilterStep
+    validates that), hence the asserts: they tell the type checker, they cannot fail."""
     kind = step.kind
     if kind == "drop":  # the apply loop negates (one Python call less than a `not` wrapper)
+        assert step.drop is not None
         return kind, compile_expression(step.drop.if_).fn, None
     if kind == "allow":
+        assert step.allow is not None
         return kind, compile_expression(step.allow.if_).fn, None
     if kind == "sample":
         s = step.sample
+        assert s is not None
         return kind, _sample_check(s.percent, s.by, s.seed), None
     if kind == "types":
+        assert step.types is not None
         types = frozenset(step.types)
         return kind, (lambda e: e.get("type") in types), None
     if kind == "events":
+        assert step.events is not None
         names = frozenset(step.events)
         return kind, (lambda e: e.get("type") != "track" or e.get("event") in names), None
     if kind == "exclude_events":
+        assert step.exclude_events is not None
         excluded = frozenset(step.exclude_events)
         return kind, (lambda e: e.get("type") != "track" or e.get("event") not in excluded), None
     if kind == "drop_fields":
+        assert step.drop_fields is not None
         return kind, None, _drop_fields_edit(step.drop_fields)
     if kind == "keep_fields":
+        assert step.keep_fields is not None
         return kind, None, _keep_fields_edit(step.keep_fields)
     raise AssertionError(kind)
 
@@ -184,7 +194,7 @@ class DestinationPipeline:
         self.reasons = tuple(r for r, _, _, _ in self._steps) + ((SKIP_TRANSFORM,) if transform else ())
 
     @classmethod
-    def from_config(cls, dest: Any) -> "DestinationPipeline":
+    def from_config(cls, dest: Any) -> DestinationPipeline:
         """From a ``DestinationConfig``; reuses the transform load_config imported."""
         transform = None
         if dest.transform:
@@ -204,7 +214,7 @@ class DestinationPipeline:
             if check is not None:
                 if (not check(event)) if not drop else check(event):
                     return Applied([], reason, None, tuple(dropped))
-            else:
+            elif edit is not None:
                 event = edit(event, dropped)
         fields = tuple(dropped) if dropped else ()
         if self.transform is None:

@@ -29,7 +29,8 @@ def load_governance(data: dict[str, Any], config: Any, base_dir: Path) -> list[G
     from proxy.config import _line_for
 
     problems: list[GovernanceProblem] = []
-    sources = data.get("sources") if isinstance(data.get("sources"), list) else []
+    raw_sources = data.get("sources")
+    sources = raw_sources if isinstance(raw_sources, list) else []
     for i, src in enumerate(sources):
         if not isinstance(src, dict) or not isinstance(src.get("tracking_plan"), dict):
             continue
@@ -45,7 +46,8 @@ def load_governance(data: dict[str, Any], config: Any, base_dir: Path) -> list[G
             try:
                 plan_data, lines = read_plan_file(path)
             except OSError as exc:
-                problems.append(GovernanceProblem(loc + ("file",), f"cannot read the plan {str(path)!r}: {exc.strerror}"))
+                problems.append(GovernanceProblem(loc + ("file",),
+                                                  f"cannot read the plan {str(path)!r}: {exc.strerror}"))
                 continue
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
@@ -68,7 +70,8 @@ def load_governance(data: dict[str, Any], config: Any, base_dir: Path) -> list[G
             target = config.sources[i]
             target._plan = SourcePlan(target.name, plan, cfg.unplanned_events, cfg.on_violation)
 
-    dests = data.get("destinations") if isinstance(data.get("destinations"), list) else []
+    raw_dests = data.get("destinations")
+    dests = raw_dests if isinstance(raw_dests, list) else []
     for i, dest in enumerate(dests):
         if not isinstance(dest, dict) or not isinstance(dest.get("transform"), str):
             continue

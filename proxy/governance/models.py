@@ -16,7 +16,8 @@ from proxy.governance.expr import ExpressionError, compile_expression, parse_pat
 CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 STEP_KINDS = ("drop", "allow", "sample", "drop_fields", "keep_fields", "types", "events", "exclude_events")
 Action = Literal["allow", "flag", "block"]
-TRANSFORM_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+TRANSFORM_SPEC = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
 
 
 class _Model(BaseModel):
@@ -54,7 +55,8 @@ class ConditionStep(_Model):
 class SampleStep(_Model):
     percent: float = Field(ge=0, le=100, description="Share of the values of `by` that pass, 0-100 (0.01 steps).")
     by: FieldPath = Field("userId", description="Field whose value decides; userId falls back to anonymousId.")
-    seed: str = Field("", max_length=64, description="Changes which values are in the sample (default: same everywhere).")
+    seed: str = Field("", max_length=64,
+                      description="Changes which values are in the sample (default: same everywhere).")
 
 
 class FilterStep(_Model):
@@ -107,7 +109,7 @@ class TrackingPlanConfig(_Model):
     on_violation: Action = Field("flag", description="Events that break their schema: allow, flag or block.")
 
     @model_validator(mode="after")
-    def _file_or_inline(self) -> "TrackingPlanConfig":
+    def _file_or_inline(self) -> TrackingPlanConfig:
         inline = self.events is not None or self.identify is not None or self.group is not None
         if self.file is not None and inline:
             raise ValueError("give either `file` or the plan inline (events/identify/group), not both")

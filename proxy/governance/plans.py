@@ -167,7 +167,7 @@ class SourcePlan:
         self.on_violation = on_violation
 
     @classmethod
-    def compile(cls, source: str, cfg: TrackingPlanConfig, base_dir: Path | None = None) -> "SourcePlan":
+    def compile(cls, source: str, cfg: TrackingPlanConfig, base_dir: Path | None = None) -> SourcePlan:
         if cfg.file is not None:
             path = cfg.file if cfg.file.is_absolute() or base_dir is None else base_dir / cfg.file
             data, _ = read_plan_file(path)
@@ -176,7 +176,7 @@ class SourcePlan:
         return cls(source, TrackingPlan(data), cfg.unplanned_events, cfg.on_violation)
 
     @classmethod
-    def from_config(cls, source: Any) -> "SourcePlan | None":
+    def from_config(cls, source: Any) -> SourcePlan | None:
         """The plan of a ``SourceConfig`` (compiled by load_config; compiled here otherwise), or None."""
         if source.tracking_plan is None:
             return None
@@ -201,7 +201,8 @@ class SourcePlan:
 
     def decide(self, event: Mapping[str, Any]) -> PlanDecision:
         """The violations and the action the plan's settings give them (the most severe wins),
-        counted in trackrelay_plan_violations_total. The event is not changed: to flag, call ``decision.annotate(event)`` (or store the violations yourself)."""
+        counted in trackrelay_plan_violations_total. The event is not changed: to flag, call
+        ``decision.annotate(event)`` (or store the violations yourself)."""
         violations = self.check(event)
         if not violations:
             return ALLOW

@@ -124,7 +124,8 @@ def _normalise(out: Any, message_id: Any) -> TransformResult:
     elif isinstance(out, (list, tuple)):
         items = list(out)
     else:
-        return TransformResult([], f"the transform returned {type(out).__name__}; expected a dict, a list of dicts or None")
+        return TransformResult([],
+                               f"the transform returned {type(out).__name__}; expected a dict, a list of dicts or None")
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             return TransformResult([], f"the transform returned a {type(item).__name__} at index {i}; expected a dict")

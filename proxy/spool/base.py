@@ -70,7 +70,7 @@ class Item:
     route: int                    # index into Append.routes
     index: int = 0                # position in the request's batch (0 for single-event paths)
     message_id: str | None = None  # the messageId ingest generated when the client sent none
-    violations: list[dict] | None = None  # tracking-plan violations, set at context.violations when read
+    violations: list[dict[str, Any]] | None = None  # tracking-plan violations, set at context.violations when read
 
 
 @dataclass(slots=True)
@@ -188,7 +188,8 @@ class DeadQuery:
     destination: str | None = None
     since: float | None = None
     until: float | None = None
-    ids: tuple[str, ...] = ()     # dead-letter ids (backend-specific strings; the embedded backend's are integers as text)
+    ids: tuple[str,
+               ...] = ()     # dead-letter ids (backend-specific strings; the embedded backend's are integers as text)
     limit: int | None = None
 
 
@@ -338,9 +339,9 @@ class Spool(abc.ABC):
         """Move each matching dead letter (of any destination) onto the queues of the destinations
         ``route(letter)`` names — the letter is given with its event — due now, attempts reset, and
         delete it; a letter for which ``route`` names none stays where it is. Return how many were
-        moved; ``progress(n)`` is told how many so far. ``trackrelay plan blocked replay`` uses it: a blocked event is a dead letter of the
-        pseudo-destination ``(blocked:<source>)`` and goes, at replay, to the destinations it would
-        have reached. Safe while a server delivers."""
+        moved; ``progress(n)`` is told how many so far. ``trackrelay plan blocked replay`` uses it: a
+        blocked event is a dead letter of the pseudo-destination ``(blocked:<source>)`` and goes, at
+        replay, to the destinations it would have reached. Safe while a server delivers."""
 
     @abc.abstractmethod
     async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:

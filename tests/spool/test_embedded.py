@@ -25,7 +25,8 @@ FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "spool_v0" / "sp
 
 
 def request(*mids: str, dests: tuple[str, ...] = ("a",)) -> Append:
-    items = [Item(orjson.dumps({"type": "track", "event": "E", "userId": "u", "messageId": m}), dedup_hash("web", m), 0, i)
+    items = [Item(orjson.dumps({"type": "track", "event": "E", "userId": "u", "messageId": m}), dedup_hash("web", m), 0,
+                  i)
              for i, m in enumerate(mids)]
     return Append("web", 0, time.time(), items, [Route(dests)])
 
@@ -172,8 +173,10 @@ def test_upgrade_through_a_real_server_delivers_what_the_old_release_owed(tmp_pa
     rec = Recorder()
     with FakeServer(rec.app()) as fake:
         tr = TrackRelay(tmp_path, destinations=[
-            {"name": "retry", "type": "webhook", "settings": {"url": fake.url + "/r"}, "delivery": {"flush_interval": 0.05}},
-            {"name": "dead", "type": "webhook", "settings": {"url": fake.url + "/d"}, "delivery": {"flush_interval": 0.05}},
+            {"name": "retry", "type": "webhook", "settings": {"url": fake.url + "/r"},
+             "delivery": {"flush_interval": 0.05}},
+            {"name": "dead", "type": "webhook", "settings": {"url": fake.url + "/d"},
+             "delivery": {"flush_interval": 0.05}},
         ])
         tr.data_dir.mkdir(parents=True)
         shutil.copy(FIXTURE, tr.data_dir / "spool.db")
@@ -201,7 +204,8 @@ def test_full_spool_recovers_without_a_restart_once_delivered_data_is_freed(tmp_
         for n in range(200):
             mids = [f"full-{n}-{i}" for i in range(5)]
             status, _, headers = tr.post("/v1/batch", {"writeKey": WRITE_KEY, "batch": [
-                {"type": "track", "event": "E", "userId": "u", "messageId": m, "properties": {"blob": blob}} for m in mids]})
+                {"type": "track", "event": "E", "userId": "u", "messageId": m,
+                 "properties": {"blob": blob}} for m in mids]})
             statuses.append(status)
             if status == 200:
                 accepted += mids
@@ -214,7 +218,8 @@ def test_full_spool_recovers_without_a_restart_once_delivered_data_is_freed(tmp_
         deadline = time.monotonic() + 30
         status = 429
         while time.monotonic() < deadline:
-            status, _, _ = tr.post("/v1/t", {"writeKey": WRITE_KEY, "userId": "u", "event": "E", "messageId": "after-full"})
+            status, _, _ = tr.post("/v1/t",
+                                   {"writeKey": WRITE_KEY, "userId": "u", "event": "E", "messageId": "after-full"})
             if status == 200:
                 break
             time.sleep(0.3)

@@ -33,6 +33,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -594,13 +595,13 @@ class EmbeddedSpool(Spool):
         for i in range(0, len(letters), 200):
             moves: list[tuple[int, list[str]]] = []
             for dl in letters[i:i + 200]:
-                full = await state.run(lambda c, id=dl.id: State.dead_letter(c, id))
+                full = await state.run(partial(State.dead_letter, id=dl.id))
                 targets = list(dict.fromkeys(route(full))) if full is not None else []
                 if targets:
                     moves.append((int(dl.id), targets))
                     woken.update(targets)
             if moves:
-                moved += await state.run(lambda c, moves=moves: State.reroute_chunk(c, moves))
+                moved += await state.run(partial(State.reroute_chunk, moves=moves))
                 if progress is not None:
                     progress(moved)
         for name in woken:

@@ -131,7 +131,8 @@ class State:
         def run() -> int:
             with self._lock:
                 conn = self._db()
-                free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+                pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                free = pages * conn.execute("PRAGMA page_size").fetchone()[0]
                 if free <= threshold:
                     return 0
                 conn.executescript("PRAGMA incremental_vacuum;")  # runs it to the end (execute() steps once)
@@ -180,7 +181,8 @@ class State:
         return None if due is None else float(due)
 
     @staticmethod
-    def settle(conn: sqlite3.Connection, dest: str, dead: Sequence[tuple[Any, ...]], new_retries: Sequence[tuple[Any, ...]],
+    def settle(conn: sqlite3.Connection, dest: str, dead: Sequence[tuple[Any, ...]],
+               new_retries: Sequence[tuple[Any, ...]],
                updated: Sequence[tuple[Any, ...]], finished: Sequence[int], cursor: int | None,
                partial: Sequence[tuple[int, int]] = ()) -> None:
         if dead:
@@ -193,7 +195,8 @@ class State:
                 " received_at, done, event) VALUES (?,?,?,?,?,?,?,?,?,?,?)", [(dest, *r) for r in new_retries])
         if updated:
             conn.executemany(
-                "UPDATE retry SET due = ?, attempts = ?, last_status = ?, last_error = ?, done = ? WHERE id = ?", updated)
+                "UPDATE retry SET due = ?, attempts = ?, last_status = ?, last_error = ?, done = ? WHERE id = ?",
+                             updated)
         if finished:
             conn.executemany("DELETE FROM retry WHERE id = ?", [(i,) for i in finished])
         if partial:

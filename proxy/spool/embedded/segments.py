@@ -244,7 +244,14 @@ class SegmentLog:
             seg_end = min(self._segment_end(base), end)
             if pos >= seg_end:
                 break
-            frames, stop = self._frames(base, pos, seg_end, max_bytes)
+            try:
+                frames, stop = self._frames(base, pos, seg_end, max_bytes)
+            except FileNotFoundError:  # deleted meanwhile (an operator's read beside a running server)
+                self._bases = self._list() or self._bases
+                if self.first() <= pos:
+                    break
+                pos = self.first()
+                continue
             out += frames
             if stop < seg_end and not frames:
                 if base != self._bases[-1] and self._segment_end(base) <= end:

@@ -124,7 +124,9 @@ class EmbeddedSpool(Spool):
         self.size_bytes = 0
         self.full = False
         self.last_error: str | None = None
-        self.commits = 0
+        self._bytes_per_event = 1200.0  # running average of log bytes per event (for estimates)
+        self._counted: dict[int, tuple[int, int]] = {}  # segment base -> (counted up to, events)
+        self._journal_synced_end = -1  # the log end the journal was last synced for
         self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -342,7 +344,6 @@ class EmbeddedSpool(Spool):
         index.add_many(hashes, now)
         if frames and hashes:
             self._bytes_per_event = 0.9 * self._bytes_per_event + 0.1 * (sum(map(len, frames)) / len(hashes))
-        self.commits += 1
         return results, end
 
     # -- delivery ---------------------------------------------------------------------------------
@@ -624,10 +625,9 @@ class EmbeddedSpool(Spool):
             d = self._dests.get(name)
             oldest = None
             if d is not None:
-                pending = sum(e[0] for e in d.pending.values()) - len(d.leftover)
                 unread = (await asyncio.to_thread(self._count_routed, name, d.read_pos) if exact
                           else self._estimate(self.committed_end - d.read_pos))
-                backlog = max(0, pending) + len(d.leftover) + unread
+                backlog = sum(e[0] for e in d.pending.values()) + unread  # read and not settled, and unread
                 if d.pending:
                     oldest = next(iter(d.pending.values()))[1]
                 else:
@@ -655,7 +655,6 @@ class EmbeddedSpool(Spool):
             return 0
         return max(1, round(log_bytes / self._bytes_per_event))
 
-    _bytes_per_event = 1200.0
 
     def _scan(self, start: int | None = None, end: int | None = None):  # type: ignore[no-untyped-def]
         assert self.log
@@ -688,7 +687,6 @@ class EmbeddedSpool(Spool):
         self._counted = counted
         return total
 
-    _counted: dict[int, tuple[int, int]] = {}
 
     def _oldest_routed(self, dest: str, start: int, records_at_most: int = 1000) -> float | None:
         """receivedAt of the first record from ``start`` with an event for ``dest`` (None if none
@@ -771,7 +769,6 @@ class EmbeddedSpool(Spool):
             self._journal_synced_end = end
         return end
 
-    _journal_synced_end = -1
 
     async def maintain(self, active_destinations: Sequence[str]) -> None:
         if self.role == "admin" or self.log is None:

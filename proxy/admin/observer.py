@@ -30,10 +30,9 @@ import msgspec
 import orjson
 import structlog
 
-from proxy import spec
 from proxy.admin.mask import Masker
 from proxy.admin.tester import render_request
-from proxy.enrich import batch_sent_at, enrich, iso_epoch, merge_batch_fields
+from proxy.enrich import Enrichment
 from proxy.observe import TAPS
 
 log = structlog.get_logger("trackrelay.admin")
@@ -97,21 +96,9 @@ class Trace:
         r = self.request
         if r.enriched:
             return event
-        batch: dict[str, Any] = {}
-        if r.context:
-            batch["context"] = orjson.loads(r.context)
-        if r.integrations:
-            batch["integrations"] = orjson.loads(r.integrations)
-        if batch:
-            merge_batch_fields(event, batch)
-        try:
-            spec.check(event, r.call_type, 1 << 30)
-        except spec.Invalid:
-            pass
-        if self.generated_id is not None:
-            event["messageId"] = self.generated_id
-        sent = batch_sent_at({"sentAt": r.sent_at}) if r.sent_at else None
-        return enrich(event, r.received_at, iso_epoch(r.received_at), sent, r.client_ip, r.short_path)
+        enrichment = Enrichment(r.received_at, r.client_ip, r.short_path, r.call_type, r.sent_at, r.context,
+                                r.integrations)
+        return enrichment.apply(event, self.generated_id)
 
 
 class Traces:

@@ -31,8 +31,7 @@ import msgspec
 import orjson
 import structlog
 
-from proxy import spec
-from proxy.enrich import batch_sent_at, enrich, iso_epoch, merge_batch_fields
+from proxy.enrich import Enrichment
 from proxy.spool.base import Append, Item, Route, StoredEvent
 
 log = structlog.get_logger("trackrelay.spool")
@@ -86,14 +85,14 @@ def encode(request: Append, items: Sequence[Item] | None = None) -> bytes:
 class Record:
     """A decoded payload. Items are sliced lazily from the payload; ``materialize`` enriches one."""
 
-    __slots__ = ("header", "payload", "_body", "_batch", "routes")
+    __slots__ = ("header", "payload", "_body", "_enrichment", "routes")
 
     def __init__(self, payload: bytes | memoryview) -> None:
         (hlen,) = _U32.unpack_from(payload, 0)
         self.payload = payload
         self.header: Header = _decoder.decode(payload[4:4 + hlen])
         self._body = 4 + hlen
-        self._batch: tuple[Any, ...] | None = None
+        self._enrichment: Enrichment | None = None
         self.routes = [Route(tuple(d), s) for d, s in self.header.routes]
 
     def __len__(self) -> int:
@@ -123,25 +122,10 @@ class Record:
         h = self.header
         if h.enriched:
             return self._violations(position, event)
-        if self._batch is None:
-            batch: dict[str, Any] = {}
-            if h.context:
-                batch["context"] = orjson.loads(h.context)
-            if h.integrations:
-                batch["integrations"] = orjson.loads(h.integrations)
-            sent = batch_sent_at({"sentAt": h.sent_at}) if h.sent_at else None
-            self._batch = (batch, sent, iso_epoch(h.received_at))
-        batch, sent, received_iso = self._batch
-        if batch:
-            merge_batch_fields(event, batch)
-        try:
-            spec.check(event, h.call_type, 1 << 30)  # normalises (type, ids as strings); it passed at ingest
-        except spec.Invalid as exc:  # cannot happen for a record ingest wrote; never lose the event over it
-            log.error("stored_event_check_failed", reason=exc.reason, source=h.source)
-        mid = h.items[position][4]
-        if mid is not None:
-            event["messageId"] = mid
-        return self._violations(position, enrich(event, h.received_at, received_iso, sent, h.client_ip, h.short_path))
+        if self._enrichment is None:
+            self._enrichment = Enrichment(h.received_at, h.client_ip, h.short_path, h.call_type, h.sent_at, h.context,
+                                          h.integrations)
+        return self._violations(position, self._enrichment.apply(event, h.items[position][4]))
 
     def violations_of(self, position: int) -> list[dict[str, Any]] | None:
         """The tracking-plan violations ingest recorded for item ``position``, if any."""

@@ -132,7 +132,7 @@ def _one_item(rec: records.Record, pos: int, raw: bytes) -> bytes:
 
 
 def _rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str) -> float:
@@ -140,7 +140,7 @@ def _parse_time(text: str) -> float:
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", text)
     if not m:
         return 0.0
-    base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+    base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC).timestamp()
     return base + (float(m.group(2)) if m.group(2) else 0.0)
 
 
@@ -243,7 +243,7 @@ class JetStreamSpool(Spool):
         where = ", ".join(safe_url(s) for s in cfg.servers)
         try:
             self._nc = await asyncio.wait_for(nats.connect(**opts), cfg.connect_timeout * 2 + 1)
-        except Exception as exc:  # noqa: BLE001 - every connect failure ends the same way
+        except Exception as exc:
             raise JetStreamRefused(f"cannot connect to NATS at {where}: {self._scrub(type(exc).__name__ + ': ' + str(exc))}") from None
         self._connected = True
         try:
@@ -344,9 +344,7 @@ class JetStreamSpool(Spool):
 
         try:
             resp = await self._nc.request(subject, orjson.dumps(body) if body is not None else b"", timeout=timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as exc:
             raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
         data = orjson.loads(resp.data) if resp.data else {}
         err = data.get("error")
@@ -437,7 +435,7 @@ class JetStreamSpool(Spool):
                     break
                 try:
                     msg = await sub.next_msg(timeout=remaining)
-                except Exception:  # noqa: BLE001 - timeout / closed: return what came
+                except Exception:
                     break
                 status = msg.headers.get("Status") if msg.headers else None
                 if status:
@@ -467,7 +465,7 @@ class JetStreamSpool(Spool):
                 raise SpoolUnavailable(self._unavailable_reason)
             try:
                 resp = await self._nc.request(subject, payload, timeout=min(remaining, 2.5), headers=headers)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 last = "timeout"
             except nats.errors.NoRespondersError:
                 last = "no stream leader"
@@ -533,7 +531,7 @@ class JetStreamSpool(Spool):
             mid = uuid.uuid4().hex
             try:
                 await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._mark_unavailable("too many publishes waiting for JetStream")
                 raise SpoolUnavailable(self._unavailable_reason) from None
             try:
@@ -574,10 +572,10 @@ class JetStreamSpool(Spool):
                 self._index.add(hs, at)
                 if not caught.is_set() and msg.metadata.sequence.stream >= last:
                     caught.set()
-            except Exception as exc:  # noqa: BLE001 - a bad message must not stop the tail
+            except Exception as exc:
                 log.warning("dedup_ids_bad_message", error=str(exc))
 
-        start = dt.datetime.fromtimestamp(time.time() - self._storage.dedup_window, dt.timezone.utc)
+        start = dt.datetime.fromtimestamp(time.time() - self._storage.dedup_window, dt.UTC)
         js = self._nc.jetstream()
         sub = await js.subscribe(
             f"{self.prefix}.ids", stream=self.s_ids, cb=on_ids, ordered_consumer=True, idle_heartbeat=5.0,
@@ -588,7 +586,7 @@ class JetStreamSpool(Spool):
         self._loading = True
         try:
             await asyncio.wait_for(caught.wait(), max(30.0, self._cfg.connect_timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("dedup_index_incomplete", loaded=len(self._index))
         finally:
             self._loading = False
@@ -700,7 +698,7 @@ class JetStreamSpool(Spool):
         d.held.pop((held.retry, held.seq), None)
         try:
             await held.msg.ack_sync(timeout=min(5.0, self._cfg.publish_timeout))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # the outcome is recorded; the ack may still have arrived. If not, the record is leased
             # again after ack_wait, and its progress message skips what was settled
             log.warning("jetstream_ack_unconfirmed", destination=d.name, seq=held.seq, error=type(exc).__name__)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
@@ -375,6 +376,30 @@ def cmd_test_event(args: argparse.Namespace) -> int:
     return 0 if all(e["valid"] for e in result["events"]) else 1
 
 
+def add_letter_commands(sub: Any, scope: tuple[str, str, str], listing: tuple[Any, str], replay: tuple[Any, str],
+                        show: tuple[Any, str]) -> None:
+    """``list``, ``replay`` and ``show`` subcommands over a set of letters (the dead letters, the
+    events a tracking plan blocked): ``scope`` is the (long, short, help) of the option that narrows
+    them, the others are (function, help)."""
+    for name, (fn, hlp) in (("list", listing), ("replay", replay)):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("--config", required=True)
+        p.add_argument(scope[0], scope[1], help=scope[2])
+        p.add_argument("--since", help="ISO time or a duration ago (e.g. 2h)")
+        p.add_argument("--until", help="ISO time or a duration ago")
+        p.set_defaults(func=fn)
+        if name == "list":
+            p.add_argument("--limit", type=int, default=100)
+            p.add_argument("--json", action="store_true", help="one JSON object per line")
+        else:
+            p.add_argument("ids", nargs="*", type=int, help="only these ids")
+            p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p = sub.add_parser("show", help=show[1])
+    p.add_argument("--config", required=True)
+    p.add_argument("id", type=int)
+    p.set_defaults(func=show[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackrelay", description="Segment-compatible event proxy and router.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,25 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     dead = sub.add_parser("dead-letters", help="inspect and replay dead letters")
-    dsub = dead.add_subparsers(dest="action", required=True)
-    for name, fn, hlp in (("list", cmd_dead_list, "list dead letters"),
-                          ("replay", cmd_dead_replay, "put dead letters back on their destination's queue")):
-        p = dsub.add_parser(name, help=hlp)
-        p.add_argument("--config", required=True)
-        p.add_argument("--destination", "-d", help="only this destination")
-        p.add_argument("--since", help="ISO time or a duration ago (e.g. 2h)")
-        p.add_argument("--until", help="ISO time or a duration ago")
-        p.set_defaults(func=fn)
-        if name == "list":
-            p.add_argument("--limit", type=int, default=100)
-            p.add_argument("--json", action="store_true", help="one JSON object per line")
-        else:
-            p.add_argument("ids", nargs="*", type=int, help="only these dead-letter ids")
-            p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    show = dsub.add_parser("show", help="show one dead letter with its event and last response")
-    show.add_argument("--config", required=True)
-    show.add_argument("id", type=int)
-    show.set_defaults(func=cmd_dead_show)
+    add_letter_commands(
+        dead.add_subparsers(dest="action", required=True), ("--destination", "-d", "only this destination"),
+        (cmd_dead_list, "list dead letters"), (cmd_dead_replay, "put dead letters back on their destination's queue"),
+        (cmd_dead_show, "show one dead letter with its event and last response"))
 
     spool = sub.add_parser("spool", help="inspect and maintain the spool")
     ssub = spool.add_subparsers(dest="action", required=True)

@@ -166,23 +166,10 @@ def cmd_blocked_replay(args: argparse.Namespace) -> int:
 
 def add_subcommands(plan_sub: Any) -> None:
     blocked = plan_sub.add_parser("blocked", help="events a tracking plan blocked: list, show, replay")
-    bsub = blocked.add_subparsers(dest="blocked_action", required=True)
-    for name, fn, hlp in (("list", cmd_blocked_list, "list blocked events, oldest first"),
-                          ("replay", cmd_blocked_replay,
-                           "send blocked events to the destinations they would have reached (ignoring the plan)")):
-        p = bsub.add_parser(name, help=hlp)
-        p.add_argument("--config", required=True)
-        p.add_argument("--source", "-s", help="only this source")
-        p.add_argument("--since", help="ISO time or a duration ago (e.g. 2h)")
-        p.add_argument("--until", help="ISO time or a duration ago")
-        p.set_defaults(func=fn)
-        if name == "list":
-            p.add_argument("--limit", type=int, default=100)
-            p.add_argument("--json", action="store_true", help="one JSON object per line")
-        else:
-            p.add_argument("ids", nargs="*", type=int, help="only these ids")
-            p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    show = bsub.add_parser("show", help="one blocked event with its violations")
-    show.add_argument("--config", required=True)
-    show.add_argument("id", type=int)
-    show.set_defaults(func=cmd_blocked_show)
+    from proxy.cli import add_letter_commands
+
+    add_letter_commands(
+        blocked.add_subparsers(dest="blocked_action", required=True), ("--source", "-s", "only this source"),
+        (cmd_blocked_list, "list blocked events, oldest first"),
+        (cmd_blocked_replay, "send blocked events to the destinations they would have reached (ignoring the plan)"),
+        (cmd_blocked_show, "one blocked event with its violations"))

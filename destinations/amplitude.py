@@ -21,6 +21,10 @@ nested ones and list items included) and other descriptive strings over 1024 cha
 1024 here and the message is noted (``Built.note``: counted and logged as modified); an
 identifying string over it (``user_id``, ``device_id``, ``event_type``, ``insert_id``, a group
 value, an alias's ids) is dead-lettered instead, as a cut one would merge different users/events.
+``event_properties`` / ``user_properties`` / ``group_properties`` nested more than 40 objects deep
+("Object depth may not exceed 40 layers", http-v2 "Event array keys") are dead-lettered. Groups:
+Amplitude tracks at most 5 group types and 10 group values per event and silently ignores the rest;
+every event here carries at most one (``group_type``: groupId), so that limit cannot be reached.
 
 Call mapping (one JSON body ``{"api_key", "events": [...], "options"?}``):
 - track -> ``event_type`` = event, ``event_properties`` = properties, ``user_id`` = userId,
@@ -105,6 +109,8 @@ THROTTLE_PAUSE = {"http_v2": 30.0, "batch": 15.0}  # Amplitude's advice on 429
 DEFAULT_MIN_ID_LENGTH = 5
 MAX_STRING = 1024  # http-v2 "String character limit"
 IDENTIFYING = ("user_id", "device_id", "event_type", "insert_id")
+MAX_DEPTH = 40  # http-v2 "Event array keys": "Object depth may not exceed 40 layers"
+PROPERTY_OBJECTS = ("event_properties", "user_properties", "group_properties")
 ENVELOPE_MARGIN = 200
 EXTRA_EVENT_TYPES = frozenset({"Product Purchased", "$groupidentify"})
 
@@ -407,8 +413,11 @@ def _alias(event: Mapping[str, Any], settings: Settings) -> dict[str, Any] | Ski
     return {"user_id": previous, "global_user_id": uid}
 
 
-def _cut_strings(value: Any, path: str, cut: list[str]) -> Any:
-    """``value`` with every string over MAX_STRING characters cut to it; cut paths go to ``cut``."""
+def _cut_strings(value: Any, path: str, cut: list[str], depth: int = 0) -> Any:
+    """``value`` with every string over MAX_STRING characters cut to it; cut paths go to ``cut``.
+    Called once the nesting is known to be within MAX_DEPTH; ``depth`` bounds it regardless."""
+    if depth > MAX_DEPTH + 1:
+        return value
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             if path not in cut:
@@ -416,10 +425,22 @@ def _cut_strings(value: Any, path: str, cut: list[str]) -> Any:
             return value[:MAX_STRING]
         return value
     if isinstance(value, Mapping):
-        return {k: _cut_strings(v, f"{path}.{k}" if path else k, cut) for k, v in value.items()}
+        return {k: _cut_strings(v, f"{path}.{k}" if path else k, cut, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_cut_strings(v, f"{path}[{i}]", cut) for i, v in enumerate(value)]
+        return [_cut_strings(v, f"{path}[{i}]", cut, depth + 1) for i, v in enumerate(value)]
     return value
+
+
+def object_depth(value: Any, stop: int = MAX_DEPTH + 1) -> int:
+    """How many objects deep ``value`` nests (lists are not layers): ``{}`` is 1, ``{"a": {}}`` 2;
+    counting stops at ``stop`` (so a hostile nesting cannot exhaust the stack)."""
+    if stop <= 0:
+        return 0
+    if isinstance(value, Mapping):
+        return 1 + max((object_depth(v, stop - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((object_depth(v, stop) for v in value), default=0)
+    return 0
 
 
 def _too_long(value: Any) -> bool:
@@ -430,6 +451,10 @@ def _fit_strings(events: list[dict[str, Any]], cut: list[str]) -> str | None:
     """Cut long strings of a message's events in place (paths -> ``cut``); a reject reason when an
     identifying string is over the limit."""
     for ev in events:
+        for key in PROPERTY_OBJECTS:
+            depth = object_depth(ev.get(key))
+            if depth > MAX_DEPTH:
+                return f"{key} nest {depth} objects deep; Amplitude accepts at most {MAX_DEPTH} layers"
         for key in IDENTIFYING:
             if _too_long(ev.get(key)):
                 return (f"{key} is {len(ev[key])} characters; Amplitude takes at most {MAX_STRING}, and a cut "

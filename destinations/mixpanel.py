@@ -418,17 +418,21 @@ def _nesting_problem(value: Any, depth: int) -> str | None:
     return None
 
 
-def _cut_strings(value: Any, path: str, cut: list[str]) -> Any:
-    """``value`` with every string over MAX_STRING characters cut to it; cut paths go to ``cut``."""
+def _cut_strings(value: Any, path: str, cut: list[str], depth: int = 0) -> Any:
+    """``value`` with every string over MAX_STRING characters cut to it; cut paths go to ``cut``.
+    Deeper than Mixpanel allows (MAX_DEPTH; such events are rejected) it leaves values as they are,
+    so a hostile nesting cannot exhaust the stack."""
+    if depth > MAX_DEPTH + 1:
+        return value
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             cut.append(path)
             return value[:MAX_STRING]
         return value
     if isinstance(value, Mapping):
-        return {k: _cut_strings(v, f"{path}.{k}", cut) for k, v in value.items()}
+        return {k: _cut_strings(v, f"{path}.{k}", cut, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_cut_strings(v, f"{path}[{i}]", cut) for i, v in enumerate(value)]
+        return [_cut_strings(v, f"{path}[{i}]", cut, depth + 1) for i, v in enumerate(value)]
     return value
 
 

@@ -492,3 +492,34 @@ def test_the_fake_refuses_strings_over_1024_and_accepts_what_the_adapter_cut() -
         status, _ = send(req, fake.url)
         assert status == 200
         assert fake.app["events"][0]["event_properties"]["query"] == "z" * 1024
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """Properties ``depth`` objects deep, counting the properties object itself."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+def test_properties_nested_over_40_objects_are_rejected() -> None:
+    assert amplitude.object_depth(nested(40)) == 40
+    ok = build([minimal("track", event="X", properties=nested(40))])
+    assert not ok.rejects and len(ok.requests) == 1
+    deep = build([minimal("track", event="X", properties=nested(41)),
+                  minimal("identify", messageId="m-2", traits=nested(40))])  # inside $set: 41
+    assert not deep.requests
+    assert [(r.index, r.reason) for r in deep.rejects] == [
+        (0, "event_properties nest 41 objects deep; Amplitude accepts at most 40 layers"),
+        (1, "user_properties nest 41 objects deep; Amplitude accepts at most 40 layers"),
+    ]
+
+
+def test_the_fake_refuses_properties_nested_over_40_objects() -> None:
+    with FakeServer(make_app(api_key=KEY)) as fake:
+        [req] = build([minimal("track", event="X", properties=nested(40))], endpoint=FAKE_BASE).requests
+        assert send(req, fake.url)[0] == 200
+        body = orjson.loads(req.body)
+        body["events"][0]["event_properties"] = {"more": body["events"][0]["event_properties"]}
+        status, answer = send(Request(req.method, req.url, req.headers, orjson.dumps(body), req.messages), fake.url)
+        assert status == 400 and orjson.loads(answer)["events_with_invalid_fields"] == {"event_properties": [0]}

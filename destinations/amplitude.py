@@ -452,9 +452,9 @@ def _fit_strings(events: list[dict[str, Any]], cut: list[str]) -> str | None:
     identifying string is over the limit."""
     for ev in events:
         for key in PROPERTY_OBJECTS:
-            depth = object_depth(ev.get(key))
-            if depth > MAX_DEPTH:
-                return f"{key} nest {depth} objects deep; Amplitude accepts at most {MAX_DEPTH} layers"
+            if object_depth(ev.get(key)) > MAX_DEPTH:
+                return (f"{key} are nested more than {MAX_DEPTH} objects deep; Amplitude accepts at most "
+                        f"{MAX_DEPTH} layers")
         for key in IDENTIFYING:
             if _too_long(ev.get(key)):
                 return (f"{key} is {len(ev[key])} characters; Amplitude takes at most {MAX_STRING}, and a cut "

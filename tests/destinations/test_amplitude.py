@@ -510,8 +510,8 @@ def test_properties_nested_over_40_objects_are_rejected() -> None:
                   minimal("identify", messageId="m-2", traits=nested(40))])  # inside $set: 41
     assert not deep.requests
     assert [(r.index, r.reason) for r in deep.rejects] == [
-        (0, "event_properties nest 41 objects deep; Amplitude accepts at most 40 layers"),
-        (1, "user_properties nest 41 objects deep; Amplitude accepts at most 40 layers"),
+        (0, "event_properties are nested more than 40 objects deep; Amplitude accepts at most 40 layers"),
+        (1, "user_properties are nested more than 40 objects deep; Amplitude accepts at most 40 layers"),
     ]
 
 

@@ -15,6 +15,16 @@ Limits (Amplitude's): HTTP V2 < 1 MB and < 2000 events per request; Batch 20 MB 
 recommends 10). user_id/device_id shorter than 5 characters (or ``min_id_length``) are removed by
 Amplitude, so they are dropped here as well; an event left without either id, or whose ids are
 values Amplitude refuses (``null``, ``anonymous``, ``0``...), is dead-lettered (Reject).
+"All string values, like user_id, event, or user property values, have a character limit of 1024
+characters" (http-v2 "String character limit"): property values (event, user and group properties,
+nested ones and list items included) and other descriptive strings over 1024 characters are cut to
+1024 here and the message is noted (``Built.note``: counted and logged as modified); an
+identifying string over it (``user_id``, ``device_id``, ``event_type``, ``insert_id``, a group
+value, an alias's ids) is dead-lettered instead, as a cut one would merge different users/events.
+``event_properties`` / ``user_properties`` / ``group_properties`` nested more than 40 objects deep
+("Object depth may not exceed 40 layers", http-v2 "Event array keys") are dead-lettered. Groups:
+Amplitude tracks at most 5 group types and 10 group values per event and silently ignores the rest;
+every event here carries at most one (``group_type``: groupId), so that limit cannot be reached.
 
 Call mapping (one JSON body ``{"api_key", "events": [...], "options"?}``):
 - track -> ``event_type`` = event, ``event_properties`` = properties, ``user_id`` = userId,
@@ -97,6 +107,10 @@ MAX_BYTES = {"http_v2": 1_000_000, "batch": 20_000_000}
 MAX_USERMAP_BYTES = 1_000_000
 THROTTLE_PAUSE = {"http_v2": 30.0, "batch": 15.0}  # Amplitude's advice on 429
 DEFAULT_MIN_ID_LENGTH = 5
+MAX_STRING = 1024  # http-v2 "String character limit"
+IDENTIFYING = ("user_id", "device_id", "event_type", "insert_id")
+MAX_DEPTH = 40  # http-v2 "Event array keys": "Object depth may not exceed 40 layers"
+PROPERTY_OBJECTS = ("event_properties", "user_properties", "group_properties")
 ENVELOPE_MARGIN = 200
 EXTRA_EVENT_TYPES = frozenset({"Product Purchased", "$groupidentify"})
 
@@ -399,6 +413,61 @@ def _alias(event: Mapping[str, Any], settings: Settings) -> dict[str, Any] | Ski
     return {"user_id": previous, "global_user_id": uid}
 
 
+def _cut_strings(value: Any, path: str, cut: list[str], depth: int = 0) -> Any:
+    """``value`` with every string over MAX_STRING characters cut to it; cut paths go to ``cut``.
+    Called once the nesting is known to be within MAX_DEPTH; ``depth`` bounds it regardless."""
+    if depth > MAX_DEPTH + 1:
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            if path not in cut:
+                cut.append(path)
+            return value[:MAX_STRING]
+        return value
+    if isinstance(value, Mapping):
+        return {k: _cut_strings(v, f"{path}.{k}" if path else k, cut, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, f"{path}[{i}]", cut, depth + 1) for i, v in enumerate(value)]
+    return value
+
+
+def object_depth(value: Any, stop: int = MAX_DEPTH + 1) -> int:
+    """How many objects deep ``value`` nests (lists are not layers): ``{}`` is 1, ``{"a": {}}`` 2;
+    counting stops at ``stop`` (so a hostile nesting cannot exhaust the stack)."""
+    if stop <= 0:
+        return 0
+    if isinstance(value, Mapping):
+        return 1 + max((object_depth(v, stop - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((object_depth(v, stop) for v in value), default=0)
+    return 0
+
+
+def _too_long(value: Any) -> bool:
+    return isinstance(value, str) and len(value) > MAX_STRING
+
+
+def _fit_strings(events: list[dict[str, Any]], cut: list[str]) -> str | None:
+    """Cut long strings of a message's events in place (paths -> ``cut``); a reject reason when an
+    identifying string is over the limit."""
+    for ev in events:
+        for key in PROPERTY_OBJECTS:
+            if object_depth(ev.get(key)) > MAX_DEPTH:
+                return (f"{key} are nested more than {MAX_DEPTH} objects deep; Amplitude accepts at most "
+                        f"{MAX_DEPTH} layers")
+        for key in IDENTIFYING:
+            if _too_long(ev.get(key)):
+                return (f"{key} is {len(ev[key])} characters; Amplitude takes at most {MAX_STRING}, and a cut "
+                        "one would merge different users or events")
+        for name, value in (ev.get("groups") or {}).items():
+            if _too_long(value) or _too_long(name):
+                return f"group {name[:40]!r} is over {MAX_STRING} characters; Amplitude takes at most {MAX_STRING}"
+        for key, value in list(ev.items()):
+            if key not in IDENTIFYING and key != "groups":
+                ev[key] = _cut_strings(value, key, cut)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # build
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +495,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                 built.skips.append(Skip(index, alias.reason))
             elif isinstance(alias, str):
                 built.rejects.append(Reject(index, alias))
+            elif any(_too_long(v) for v in alias.values()):
+                built.rejects.append(Reject(index, f"an alias id is over {MAX_STRING} characters; Amplitude takes "
+                                                   f"at most {MAX_STRING}"))
             else:
                 mappings.append((index, json_body(alias)))
             continue
@@ -436,6 +508,11 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         if isinstance(plan, str):
             built.rejects.append(Reject(index, plan))
             continue
+        cut: list[str] = []
+        too_long = _fit_strings(plan, cut)
+        if too_long:
+            built.rejects.append(Reject(index, too_long))
+            continue
         encoded = [json_body(ev) for ev in plan]
         size = sum(len(e) + 1 for e in encoded)
         if size > max_bytes:
@@ -443,6 +520,9 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
                                                f"at most {MAX_BYTES[settings.api]}"))
             continue
         groups.append((index, encoded))
+        if cut:
+            shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+            built.note(index, f"strings over {MAX_STRING} characters cut to {MAX_STRING} (Amplitude's limit): {shown}")
 
     headers = {"Content-Type": "application/json"}
     current: list[tuple[int, list[bytes]]] = []

@@ -13,8 +13,13 @@ Auth:
 Limits (Mixpanel's): 2000 records and 10 MB per /import request (the documented 413 answer names
 2 MiB, so every request here stays under 2,000,000 bytes); each event < 1 MB, < 255 properties,
 nested objects < 255 keys and at most 3 levels deep, arrays < 255 elements: events over these
-are dead-lettered (Reject) instead of being sent to fail. /engage: 2000 updates per request, each
-< 1 MB; /groups: 200 per request. Rate limit 2 GB of JSON per minute per project (429, no
+are dead-lettered (Reject) instead of being sent to fail. Mixpanel "truncate[s] all strings down to
+255 characters" (import-events "Common Issues"): string property values of /import events (nested
+ones and list items included) and event names over 255 characters are cut to 255 here and the
+message is noted (``Built.note``: counted and logged as modified), so no cut is silent; an id
+(``distinct_id``, ``$device_id``, ``$user_id``) over 255 characters is dead-lettered instead, as a
+cut id would merge different people. /engage: 2000 updates per request, each < 1 MB; /groups: 200
+per request. Rate limit 2 GB of JSON per minute per project (429, no
 Retry-After: the engine's backoff applies).
 
 Call mapping:
@@ -115,6 +120,8 @@ MAX_PROPERTIES = 254  # "fewer than 255"
 MAX_KEYS = 254
 MAX_ARRAY = 254
 MAX_DEPTH = 3
+MAX_STRING = 255  # import-events "Common Issues": "We truncate all strings down to 255 characters"
+ID_PROPERTIES = ("distinct_id", "$device_id", "$user_id")
 MIN_TIME_MS = 31_536_000_000  # 1971-01-01T00:00:00Z: Mixpanel refuses earlier times
 
 # Values Mixpanel refuses as distinct_id and $insert_id (import-events "Validation").
@@ -411,6 +418,42 @@ def _nesting_problem(value: Any, depth: int) -> str | None:
     return None
 
 
+def _cut_strings(value: Any, path: str, cut: list[str], depth: int = 0) -> Any:
+    """``value`` with every string over MAX_STRING characters cut to it; cut paths go to ``cut``.
+    Deeper than Mixpanel allows (MAX_DEPTH; such events are rejected) it leaves values as they are,
+    so a hostile nesting cannot exhaust the stack."""
+    if depth > MAX_DEPTH + 1:
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            cut.append(path)
+            return value[:MAX_STRING]
+        return value
+    if isinstance(value, Mapping):
+        return {k: _cut_strings(v, f"{path}.{k}", cut, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, f"{path}[{i}]", cut, depth + 1) for i, v in enumerate(value)]
+    return value
+
+
+def _fit_strings(record: dict[str, Any]) -> tuple[list[str], str | None]:
+    """Cut an /import record's long strings in place, as Mixpanel would silently: (cut paths, reject
+    reason). An id over the limit is a reject, not a cut."""
+    props = record["properties"]
+    for key in ID_PROPERTIES:
+        value = props.get(key)
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            return [], (f"{key} is {len(value)} characters; Mixpanel truncates strings to {MAX_STRING}, "
+                        "which would merge different people")
+    cut: list[str] = []
+    name = record.get("event")
+    if isinstance(name, str) and len(name) > MAX_STRING:
+        cut.append("event")
+        record["event"] = name[:MAX_STRING]
+    record["properties"] = {k: _cut_strings(v, k, cut) for k, v in props.items()}
+    return cut, None
+
+
 # ---------------------------------------------------------------------------------------------
 # build
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +588,16 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         if isinstance(plan, str):
             built.rejects.append(Reject(index, plan))
             continue
+        cut: list[str] = []
+        too_long: str | None = None
+        for record in plan.imports:
+            record_cut, too_long = _fit_strings(record)
+            if too_long:
+                break
+            cut.extend(p for p in record_cut if p not in cut)
+        if too_long:
+            built.rejects.append(Reject(index, too_long))
+            continue
         encoded = {
             "import": [json_body(r) for r in plan.imports],
             "engage": [json_body(r) for r in plan.engage],
@@ -560,6 +613,10 @@ def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
         for endpoint, bodies in encoded.items():
             if bodies:
                 per_endpoint[endpoint].append((index, bodies))
+        if cut:
+            shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+            built.note(index, f"strings over {MAX_STRING} characters cut to {MAX_STRING} (Mixpanel truncates "
+                              f"them): {shown}")
 
     import_headers = {"Content-Type": "application/json", "Authorization": settings.import_auth()}
     plain_headers = {"Content-Type": "application/json"}

@@ -10,7 +10,10 @@ Auth: the project API key (``phc_...``) in the body as ``api_key``; no header. P
 
 Limits: no event count limit per batch; the body must stay under 20 MB; an event over 1 MB fails
 the request ("maximum event size exceeded"), so events over 900,000 bytes are rejected here and
-batches are cut at 10 MB. Responses: 200 ``{"status": "Ok"}``; 400 plain text for an unparseable
+batches are cut at 10 MB. Capture silently cuts a distinct_id to 200 characters (rust/capture
+v0_request.rs ``extract_distinct_id``, test ``extract_distinct_id_trims_to_200_chars``), which
+would merge or split people, so an event whose userId/anonymousId is longer is dead-lettered.
+Responses: 200 ``{"status": "Ok"}``; 400 plain text for an unparseable
 body, an empty batch, an event without name or distinct_id, an invalid uuid or an oversized
 event; 401 for a missing/invalid api_key; 429 rate or billing limit; 503 retryable. The shared
 default classification fits (2xx ok, 429/5xx retried, other 4xx permanent), plus one case: a 200

@@ -10,6 +10,10 @@ stored Segment message (enriched: receivedAt, timestamp, messageId, context.ip).
 request (body: the message object) or, with ``batch_size`` > 1, a JSON array of up to
 ``batch_size`` messages and ``max_bytes`` bytes.
 
+Limits: the receiver's, as ``max_bytes`` declares them: no request body is larger, single-event
+requests included. An event that alone is over it (as a body, or as a one-element array when
+batching) is dead-lettered with its size (Reject) rather than sent for the receiver to refuse or cut.
+
 Responses: shared default (2xx ok; 408/429/5xx retried honouring Retry-After; other 4xx permanent).
 """
 
@@ -28,6 +32,7 @@ from destinations.base import (
     Built,
     DestinationSettings,
     Message,
+    Reject,
     Request,
     chunk_by_limits,
     json_array,
@@ -48,7 +53,9 @@ class Settings(DestinationSettings):
                     "this many events.",
     )
     max_bytes: int = Field(
-        1_000_000, ge=1024, le=20_000_000, description="Upper bound on a batched request body, in bytes."
+        1_000_000, ge=1024, le=20_000_000,
+        description="Upper bound on every request body, in bytes (the array of a batch, or the one event when "
+                    "batch_size is 1). An event larger than this on its own is dead-lettered with its size.",
     )
     shared_secret: SecretStr | None = Field(
         None, description="If set, each request carries X-Signature: hex HMAC-SHA1 of the body bytes keyed with this "
@@ -64,12 +71,20 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def build_requests(messages: Sequence[Message], settings: Settings) -> Built:
-    encoded = [(i, m.json()) for i, m in enumerate(messages)]
+    built = Built()
+    overhead = 0 if settings.batch_size == 1 else 2  # the brackets of a one-element array
+    encoded = []
+    for i, m in enumerate(messages):
+        body = m.json()
+        if len(body) + overhead > settings.max_bytes:
+            built.rejects.append(Reject(i, f"event is {len(body) + overhead} bytes as a request body; this webhook's "
+                                           f"max_bytes is {settings.max_bytes}"))
+        else:
+            encoded.append((i, body))
     if settings.batch_size == 1:
         chunks = [[(i, body)] for i, body in encoded]
     else:
         chunks = chunk_by_limits(encoded, settings.batch_size, settings.max_bytes)
-    built = Built()
     for chunk in chunks:
         body = chunk[0][1] if settings.batch_size == 1 else json_array([b for _, b in chunk])
         headers = {"Content-Type": "application/json"}

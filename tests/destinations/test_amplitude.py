@@ -282,11 +282,12 @@ def test_split_by_event_count_never_splitting_a_message() -> None:
 
 
 def test_split_by_bytes_for_http_v2_but_not_batch() -> None:
-    events = [minimal("track", event="X", messageId=f"m-{i}", properties={"blob": "x" * 100_000}) for i in range(15)]
+    blob = [f"{i:04d}" + "x" * 1000 for i in range(100)]  # ~100 KB of strings within Amplitude's 1024
+    events = [minimal("track", event="X", messageId=f"m-{i}", properties={"blob": blob}) for i in range(15)]
     reqs = build(events).requests
     assert len(reqs) == 2 and all(len(r.body) < 1_000_000 for r in reqs)
     assert len(build(events, api="batch").requests) == 1
-    huge = build([minimal("track", event="X", properties={"blob": "x" * 1_000_000})])
+    huge = build([minimal("track", event="X", properties={"blob": ["x" * 1000] * 1000})])
     assert not huge.requests and "bytes" in huge.rejects[0].reason
 
 
@@ -427,3 +428,98 @@ def test_event_positions_do_not_confuse_a_message_id_ending_in_a_counter() -> No
     assert amplitude.event_positions(req) == [0, 1]
     [order] = build([fx.ORDER_COMPLETED, fx.GROUP]).requests
     assert amplitude.event_positions(order) == [0, 0, 0, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# strings over 1024 characters (Amplitude's documented limit): cut and noted, or rejected for ids
+# ---------------------------------------------------------------------------------------------
+
+
+def test_long_property_strings_are_cut_to_1024_and_noted() -> None:
+    long = "x" * 1500
+    built = build([
+        minimal("track", event="Searched", properties={"query": long, "n": 1, "tags": ["a", long],
+                                                       "deep": {"k": long}}),
+        minimal("identify", messageId="m-2", traits={"bio": long, "plan": "pro"}),
+        minimal("track", messageId="m-3", event="Fine", properties={"s": "y" * 1024}),
+    ])
+    assert not built.rejects
+    [req] = built.requests
+    track, ident, fine = orjson.loads(req.body)["events"]
+    props = track["event_properties"]
+    assert props == {"query": "x" * 1024, "n": 1, "tags": ["a", "x" * 1024], "deep": {"k": "x" * 1024}}
+    assert ident["user_properties"]["$set"] == {"bio": "x" * 1024, "plan": "pro"}
+    assert fine["event_properties"]["s"] == "y" * 1024  # exactly at the limit: untouched
+    assert [(n.index, n.reason) for n in built.notes] == [
+        (0, ("strings over 1024 characters cut to 1024 (Amplitude's limit): "
+             "event_properties.query, event_properties.tags[1], event_properties.deep.k")),
+        (1, "strings over 1024 characters cut to 1024 (Amplitude's limit): user_properties.$set.bio"),
+    ]
+
+
+@pytest.mark.parametrize(("fields", "what"), [
+    ({"userId": "u" * 1025}, "user_id is 1025 characters"),
+    ({"event": "E" * 1025}, "event_type is 1025 characters"),
+    ({"messageId": "i" * 1025}, "insert_id is 1025 characters"),
+    ({"context": {"groupId": "g" * 1025}}, "group 'company' is over 1024 characters"),
+])
+def test_identifying_strings_over_1024_are_rejected_not_cut(fields: dict[str, Any], what: str) -> None:
+    built = build([{**minimal("track", event="X"), **fields}])
+    assert not built.requests and not built.notes
+    [reject] = built.rejects
+    assert what in reject.reason
+
+
+def test_alias_ids_over_1024_are_rejected() -> None:
+    built = build([minimal("alias", previousId="p" * 2000)], user_mapping=True)
+    assert not built.requests
+    [reject] = built.rejects
+    assert "alias id is over 1024" in reject.reason
+
+
+def test_the_fake_refuses_strings_over_1024_and_accepts_what_the_adapter_cut() -> None:
+    long = "z" * 3000
+    with FakeServer(make_app(api_key=KEY)) as fake:
+        [req] = build([minimal("track", event="Searched", properties={"query": long})], endpoint=FAKE_BASE).requests
+        body = orjson.loads(req.body)
+        body["events"][0]["event_properties"]["query"] = long  # what went out before the adapter cut it
+        uncut = Request(req.method, req.url, req.headers, orjson.dumps(body), req.messages)
+        status, answer = send(uncut, fake.url)
+        assert status == 400
+        assert orjson.loads(answer)["events_with_invalid_fields"] == {"event_properties": [0]}
+        assert amplitude.classify(uncut, Response(status, {}, answer)).for_message(0).verdict is Verdict.PERMANENT
+
+        status, _ = send(req, fake.url)
+        assert status == 200
+        assert fake.app["events"][0]["event_properties"]["query"] == "z" * 1024
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """Properties ``depth`` objects deep, counting the properties object itself."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+def test_properties_nested_over_40_objects_are_rejected() -> None:
+    assert amplitude.object_depth(nested(40)) == 40
+    ok = build([minimal("track", event="X", properties=nested(40))])
+    assert not ok.rejects and len(ok.requests) == 1
+    deep = build([minimal("track", event="X", properties=nested(41)),
+                  minimal("identify", messageId="m-2", traits=nested(40))])  # inside $set: 41
+    assert not deep.requests
+    assert [(r.index, r.reason) for r in deep.rejects] == [
+        (0, "event_properties are nested more than 40 objects deep; Amplitude accepts at most 40 layers"),
+        (1, "user_properties are nested more than 40 objects deep; Amplitude accepts at most 40 layers"),
+    ]
+
+
+def test_the_fake_refuses_properties_nested_over_40_objects() -> None:
+    with FakeServer(make_app(api_key=KEY)) as fake:
+        [req] = build([minimal("track", event="X", properties=nested(40))], endpoint=FAKE_BASE).requests
+        assert send(req, fake.url)[0] == 200
+        body = orjson.loads(req.body)
+        body["events"][0]["event_properties"] = {"more": body["events"][0]["event_properties"]}
+        status, answer = send(Request(req.method, req.url, req.headers, orjson.dumps(body), req.messages), fake.url)
+        assert status == 400 and orjson.loads(answer)["events_with_invalid_fields"] == {"event_properties": [0]}

@@ -76,3 +76,30 @@ def test_end_to_end(tmp_path) -> None:
         ("p1", 20, "EUR"), ("p2", 10, "EUR")]
     assert (by_id["w-9"]["revenue"], by_id["w-9"]["revenueType"]) == (-30, "Refund")
     assert mappings == [{"user_id": "old-user-1", "global_user_id": "user-1"}]
+
+
+def test_long_strings_are_cut_counted_and_the_fake_takes_them(tmp_path) -> None:
+    """A property value over 1024 characters would be refused by the fake (as over Amplitude's
+    limit); trackrelay cuts it, delivers the event and counts it as modified. A userId over the limit
+    is dead-lettered instead."""
+    app = make_app(api_key=KEY)
+    with FakeServer(app) as fake, TrackRelay(tmp_path, destinations=[{
+        "name": "amp", "type": "amplitude", "delivery": DELIVERY,
+        "settings": {"api_key": KEY, "endpoint": fake.url},
+    }]) as tr:
+        batch = [
+            {"type": "track", "messageId": "long-1", "userId": "user-1", "event": "Searched",
+             "properties": {"query": "q" * 3000}},
+            {"type": "track", "messageId": "long-id", "userId": "u" * 1100, "event": "Searched"},
+        ]
+        status, body, _ = tr.post("/v1/batch", {"writeKey": tr.write_key, "batch": batch})
+        assert status == 200, body
+        dead = tr.wait_dead_letters("amp", 1)
+        fake.wait_for(lambda _: len(app["events"]) >= 1, timeout=20)
+        text = tr.get("/metrics")[1].decode()
+        requests = fake.snapshot()
+    assert all(r.status == 200 for r in requests), "the fake must have nothing to refuse"
+    [event] = app["events"]
+    assert event["event_properties"]["query"] == "q" * 1024
+    assert 'trackrelay_events_modified_total{destination="amp"} 1.0' in text
+    assert [d[0] for d in dead] == ["long-id"] and "user_id is 1100 characters" in dead[0][1]

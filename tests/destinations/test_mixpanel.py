@@ -352,7 +352,8 @@ def test_rejects_with_reasons() -> None:
         minimal("track", event="X", properties={f"p{i}": i for i in range(300)}),
         minimal("track", event="X", properties={"a": {"b": {"c": {"d": {"e": 1}}}}}),
         minimal("track", event="X", properties={"tags": list(range(300))}),
-        minimal("track", event="X", properties={"blob": "x" * 1_000_001}),
+        # over 1 MB even with every string cut to 255 characters
+        minimal("track", event="X", properties={"blob": {f"k{i}": ["x" * 255] * 250 for i in range(20)}}),
         {"type": "track", "messageId": "m", "userId": "u", "event": "X"},
     ]
     built = build(events)
@@ -387,11 +388,12 @@ def test_import_is_split_at_2000_records_without_splitting_an_order() -> None:
 
 
 def test_requests_stay_under_the_byte_limit() -> None:
-    events = [minimal("track", event="X", messageId=f"m-{i}", properties={"blob": "x" * 200_000}) for i in range(25)]
+    blob = {f"p{j}": "x" * 255 for j in range(200)}  # ~53 KB of 255-character strings (not cut)
+    events = [minimal("track", event="X", messageId=f"m-{i}", properties=blob) for i in range(40)]
     imports = build(events).requests
     assert len(imports) > 1
     assert all(len(r.body) <= mixpanel.MAX_REQUEST_BYTES for r in imports)
-    assert [i for r in imports for i in r.messages] == list(range(25))
+    assert [i for r in imports for i in r.messages] == list(range(40))
 
 
 def test_groups_are_split_at_200() -> None:
@@ -554,3 +556,66 @@ def test_fake_refuses_an_invalid_insert_id_and_unmappable_answers_dead_letter_th
         records[0]["properties"]["time"] = T + 2 * 3600 * 1000
         status, body = send(Request("POST", good.url, good.headers, orjson.dumps(records), (0,)), fake.url)
         assert status == 400 and "future" in orjson.loads(body)["failed_records"][0]["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# strings over 255 characters (Mixpanel truncates them silently: cut here, and noted)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_long_strings_are_cut_to_255_and_noted() -> None:
+    long = "x" * 300
+    event = minimal("track", event="E" * 256, properties={
+        "comment": long, "short": "ok", "nested": {"a": long}, "tags": ["t", long], "n": 3,
+    })
+    built = build([event, minimal("track", event="Fine", properties={"s": "y" * 255})])
+    assert not built.rejects
+    [req] = built.requests
+    first, second = orjson.loads(req.body)
+    assert first["event"] == "E" * 255
+    props = first["properties"]
+    assert props["comment"] == "x" * 255 and props["short"] == "ok" and props["n"] == 3
+    assert props["nested"] == {"a": "x" * 255}
+    assert props["tags"] == ["t", "x" * 255]
+    assert second["properties"]["s"] == "y" * 255  # exactly 255: untouched
+    [note] = built.notes
+    assert note.index == 0
+    assert note.reason == ("strings over 255 characters cut to 255 (Mixpanel truncates them): "
+                           "event, comment, nested.a, tags[1]")
+
+
+def test_long_strings_in_product_purchased_events_are_noted_once_per_path() -> None:
+    event = minimal("track", event="Order Completed", properties={
+        "order_id": "o1", "note": "n" * 400, "products": [{"product_id": "p1"}, {"product_id": "p2"}]})
+    built = build([event])
+    [note] = built.notes
+    assert note.reason.endswith(": note")
+    records = orjson.loads(built.requests[0].body)
+    assert all(r["properties"]["note"] == "n" * 255 for r in records)
+
+
+def test_an_id_over_255_characters_is_rejected_not_cut() -> None:
+    built = build([minimal("track", event="X", userId="u" * 256)])
+    assert not built.requests and not built.notes
+    [reject] = built.rejects
+    assert "distinct_id is 256 characters" in reject.reason and "merge different people" in reject.reason
+
+
+def test_the_fake_truncates_long_strings_and_the_adapter_leaves_it_nothing_to_cut() -> None:
+    long = "z" * 1000
+    event = {**fx.TRACK, "properties": {**fx.TRACK.get("properties", {}), "comment": long}}
+    with FakeServer(make_app(token=TOKEN, clock=fixture_clock)) as fake:
+        [req] = build([event], endpoint="http://127.0.0.1:9/mp").requests
+        raw = orjson.loads(req.body)
+        raw[0]["properties"]["comment"] = long  # what was sent before the adapter cut strings
+        unfixed = Request(req.method, req.url, req.headers, orjson.dumps(raw), req.messages)
+        status, _ = send(unfixed, fake.url)
+        assert status == 200  # Mixpanel says nothing...
+        assert fake.app["truncated"] == [(raw[0]["properties"]["$insert_id"], "properties.comment")]
+        assert fake.app["events"][0]["properties"]["comment"] == "z" * 255  # ...and keeps 255
+
+        fake.app["truncated"].clear()
+        status, _ = send(req, fake.url)
+        assert status == 200
+        assert fake.app["truncated"] == []
+        assert fake.app["events"][1]["properties"]["comment"] == "z" * 255

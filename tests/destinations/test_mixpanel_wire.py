@@ -93,3 +93,30 @@ def test_end_to_end(tmp_path) -> None:
     assert transactions and transactions[0]["$amount"] == 30 and transactions[0]["currency"] == "EUR"
     assert groups[0]["$group_id"] == "acct-1" and groups[0]["$set"] == {"$name": "Acme"}
     assert all(p["$token"] == TOKEN for p in profiles + groups)
+
+
+def test_long_strings_are_cut_before_mixpanel_and_counted_as_modified(tmp_path) -> None:
+    """Mixpanel cuts strings to 255 characters without a word; trackrelay cuts them itself and says so
+    (trackrelay_events_modified_total, an event_modified log line), so the fake has nothing left to cut."""
+    app = make_app(token=TOKEN)
+    with FakeServer(app) as fake, TrackRelay(tmp_path, destinations=[{
+        "name": "mp", "type": "mixpanel", "delivery": DELIVERY,
+        "settings": {"project_token": TOKEN, "endpoint": fake.url},
+    }]) as tr:
+        batch = [
+            {"type": "track", "messageId": "long-1", "userId": "u1", "event": "Searched",
+             "properties": {"query": "q" * 600, "page": 2}},
+            {"type": "track", "messageId": "short-1", "userId": "u1", "event": "Searched",
+             "properties": {"query": "shoes"}},
+        ]
+        status, body, _ = tr.post("/v1/batch", {"writeKey": tr.write_key, "batch": batch})
+        assert status == 200, body
+        fake.wait_for(lambda _: len(app["events"]) >= 2, timeout=20)
+        text = tr.get("/metrics")[1].decode()
+        logs = tr.logs()
+    assert app["truncated"] == [], "Mixpanel must find nothing to truncate"
+    by_id = {e["properties"]["$insert_id"]: e["properties"] for e in app["events"]}
+    assert by_id["long-1"]["query"] == "q" * 255 and by_id["long-1"]["page"] == 2
+    assert by_id["short-1"]["query"] == "shoes"
+    assert 'trackrelay_events_modified_total{destination="mp"} 1.0' in text
+    assert "event_modified" in logs and "long-1" in logs and "query" in logs

@@ -382,3 +382,21 @@ def test_the_fake_takes_properties_distinct_id_and_drops_unknown_keys_with_200()
         other = {"api_key": "phc_someone_else", "batch": [{"event": "e", "distinct_id": "u"}]}
         assert _post(fake.url + "/batch/", orjson.dumps(other))[0] == 200
         assert len(fake.app["accepted"]) == 1 and len(fake.app["dropped"]) == 1
+
+
+def test_the_fake_cuts_long_distinct_ids_like_capture_and_the_adapter_never_sends_one() -> None:
+    long_id = "u" * 230
+    with FakeServer(fake_posthog.make_app()) as fake:
+        body = orjson.dumps({"api_key": KEY, "batch": [{"event": "e", "distinct_id": long_id}]})
+        assert _post(fake.url + "/batch/", body)[0] == 200  # capture says nothing...
+        assert fake.app["accepted"][0]["distinct_id"] == "u" * 200  # ...and keeps 200 characters
+        assert fake.app["truncated"] == [long_id]
+
+        fake.app["truncated"].clear()
+        built = build(minimal("track", event="E", userId=long_id), minimal("track", event="E", messageId="m2",
+                                                                            userId="u" * 200), endpoint=fake.url)
+        assert [r.index for r in built.rejects] == [0]
+        for req in built.requests:
+            assert _post(req.url, req.body)[0] == 200
+        assert fake.app["truncated"] == []
+        assert fake.app["accepted"][-1]["distinct_id"] == "u" * 200

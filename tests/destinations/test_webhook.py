@@ -59,3 +59,27 @@ def test_signature_is_hmac_sha1_of_the_exact_body():
 def test_invalid_settings(bad):
     with pytest.raises(ValidationError):
         ADAPTER.validate_settings(bad)
+
+
+@pytest.mark.parametrize("batch_size", [1, 10])
+def test_an_event_over_max_bytes_is_rejected_not_sent(batch_size):
+    small = {**TRACK, "messageId": "small"}
+    big = {**TRACK, "messageId": "big", "properties": {"blob": "x" * 3000}}
+    size = len(orjson.dumps(big)) + (0 if batch_size == 1 else 2)
+    built = ADAPTER.build_requests([Message(small), Message(big), Message(small)],
+                                   settings(batch_size=batch_size, max_bytes=2048))
+    [reject] = built.rejects
+    assert reject.index == 1
+    assert reject.reason == f"event is {size} bytes as a request body; this webhook's max_bytes is 2048"
+    assert [i for r in built.requests for i in r.messages] == [0, 2]
+    assert all(len(r.body) <= 2048 for r in built.requests)
+
+
+def test_an_event_exactly_at_max_bytes_is_sent():
+    event = {**TRACK, "properties": {"pad": ""}}
+    event["properties"]["pad"] = "x" * (2048 - len(orjson.dumps(event)))
+    assert len(orjson.dumps(event)) == 2048
+    built = ADAPTER.build_requests([Message(event)], settings(max_bytes=2048))
+    assert not built.rejects
+    [req] = built.requests
+    assert len(req.body) == 2048

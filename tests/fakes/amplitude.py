@@ -10,7 +10,12 @@ documents, with its error bodies:
   ``{"code":413,"error":"Payload too large"}``.
 - each event: ``event_type``; ``time`` an integer of ms; user_id/device_id shorter than 5 chars
   (or ``options.min_id_length``) are removed, and an event left without either is refused; IDs
-  from Amplitude's refused list (``null``, ``anonymous``...) are invalid; revenue fields numeric.
+  from Amplitude's refused list (``null``, ``anonymous``...) are invalid; revenue fields numeric;
+  no string anywhere in the event (ids, event_type, property values, nested ones and list items)
+  over 1024 characters (http-v2 "String character limit"; what Amplitude does past it is not
+  documented, so this fake refuses it as an invalid field, under the top-level key holding it);
+  ``event_properties`` / ``user_properties`` / ``group_properties`` at most 40 objects deep
+  ("Object depth may not exceed 40 layers"), else an invalid field.
   A request with any bad event gets 400 ``Invalid field values on some events`` /
   ``Request missing required field`` whose ``events_with_invalid_fields`` /
   ``events_with_missing_fields`` map each field to the index of the first event with that error,
@@ -40,7 +45,26 @@ from tests.fakes.base import json_error
 INVALID_IDS = {"anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", '""',
                "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1"}
 LIMITS = {"/2/httpapi": 1_000_000, "/batch": 20_000_000}
+MAX_STRING = 1024
 NUMERIC_FIELDS = ("price", "revenue", "location_lat", "location_lng")
+
+
+def _long_string(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) > MAX_STRING
+    if isinstance(value, dict):
+        return any(_long_string(k) or _long_string(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_long_string(v) for v in value)
+    return False
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_depth(v) for v in value), default=0)
+    return 0
 
 
 def _first(errors: dict[str, list[int]], field: str, index: int) -> None:
@@ -96,6 +120,11 @@ def make_app(api_key: str = "amp-key") -> web.Application:
             if not isinstance(ev, dict):
                 return json_error(400, {"code": 400, "error": "Invalid event JSON"})
             ev = dict(ev)
+            for field, value in ev.items():
+                if _long_string(value):
+                    _first(invalid, field, index)
+                if field in ("event_properties", "user_properties", "group_properties") and _depth(value) > 40:
+                    _first(invalid, field, index)
             if not isinstance(ev.get("event_type"), str) or not ev["event_type"]:
                 _first(missing, "event_type", index)
             t = ev.get("time")

@@ -9,7 +9,10 @@ Enforces what docs.mixpanel.com (reference/import-events, profile-set, group-set
   present and not a refused value, ``$insert_id`` <= 36 chars of [A-Za-z0-9-], < 1 MB, < 255
   properties, nested objects < 255 keys and <= 3 levels, arrays < 255 elements. Failing records come
   back in ``failed_records`` of a 400 while valid ones are ingested (partial success), exactly as
-  Mixpanel answers.
+  Mixpanel answers. Ingested records have every string (event name, property values, nested ones
+  and list items) cut to 255 characters without a word in the answer, as Mixpanel documents ("We
+  truncate all strings down to 255 characters", import-events "Common Issues"); what it cut is
+  listed in ``app["truncated"]`` ((insert id, path) pairs) so tests can prove nothing was lost.
 - /engage and /groups: a JSON array (or form ``data=``) of updates, each with ``$token``, the
   identity (``$distinct_id`` / ``$group_key`` + ``$group_id``) and one operation; answers ``1``/``0``
   or, with ``verbose=1``, ``{"status":1,"error":null}`` / ``{"status":0,"error":"..."}``. Like the
@@ -68,6 +71,19 @@ def _nesting_error(value: Any, depth: int, path: str) -> str | None:
     return None
 
 
+def truncate(value: Any, path: str, cut: list[str]) -> Any:
+    """What Mixpanel stores: strings over 255 characters cut to 255 (paths of the cuts -> ``cut``)."""
+    if isinstance(value, str):
+        if len(value) > 255:
+            cut.append(path)
+        return value[:255]
+    if isinstance(value, dict):
+        return {k: truncate(v, f"{path}.{k}" if path else k, cut) for k, v in value.items()}
+    if isinstance(value, list):
+        return [truncate(v, f"{path}[{i}]", cut) for i, v in enumerate(value)]
+    return value
+
+
 def validate_record(record: Any, now: float | None = None) -> tuple[str, str] | None:
     """(field, message) of the first problem of an /import record, None if valid."""
     if not isinstance(record, dict):
@@ -114,6 +130,7 @@ def make_app(token: str = "mp-token", service_account: tuple[str, str, int] | No
     app["profiles"] = []
     app["groups"] = []
     app["dropped"] = []
+    app["truncated"] = []
     app["script"] = []
 
     def scripted() -> web.Response | None:
@@ -163,7 +180,10 @@ def make_app(token: str = "mp-token", service_account: tuple[str, str, int] | No
                 iid = record.get("properties", {}).get("$insert_id") if isinstance(record, dict) else None
                 failed.append({"index": index, "$insert_id": iid, "field": problem[0], "message": problem[1]})
                 continue
-            app["events"].append(record)
+            cut: list[str] = []
+            stored = truncate(record, "", cut)
+            app["truncated"].extend((stored["properties"].get("$insert_id"), p) for p in cut)
+            app["events"].append(stored)
             imported += 1
         if failed:
             return json_error(400, {"code": 400, "error": "some data points in the request failed validation",

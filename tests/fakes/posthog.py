@@ -11,6 +11,9 @@ v0_request.rs RawRequest/BatchedRequest, token.rs validate_token) and posthog.co
   ``maximum event size exceeded`` for an event over 1 MB or a body over 20 MB.
 - 401 ``event submitted without an api_key``; ``API key is not valid: empty|too_long|not_ascii|
   personal_api_key|null_byte``.
+- a distinct_id longer than 200 characters is silently cut to 200 on ingestion (rust/capture
+  v0_request.rs test ``extract_distinct_id_trims_to_200_chars``): stored events carry the cut id,
+  and ``app["truncated"]`` lists the original ids so tests can prove none was sent.
 - 200 ``{"status":"Ok"}`` otherwise. Capture does not check the key against projects at the
   edge: events with an unknown project key are answered 200 and dropped later — they land in
   ``app["dropped"]``, the project's in ``app["accepted"]`` (one dict per event).
@@ -30,6 +33,7 @@ from aiohttp import web
 
 MAX_BODY = 20 * 1024 * 1024
 MAX_EVENT = 1024 * 1024
+MAX_DISTINCT_ID = 200
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -67,6 +71,7 @@ def make_app(api_key: str = "phc_example_project_key_123") -> web.Application:
     app["dropped"] = []
     app["fail_next"] = []
     app["quota_limited"] = False
+    app["truncated"] = []
 
     async def batch(request: web.Request) -> web.Response:
         if app["fail_next"]:
@@ -115,7 +120,12 @@ def make_app(api_key: str = "phc_example_project_key_123") -> web.Application:
             return web.json_response({"status": "Ok", "quota_limited": ["events"]})
         target = app["accepted"] if token.strip() == api_key else app["dropped"]
         for event in events:
-            target.append({**event, "_historical_migration": bool(data.get("historical_migration"))})
+            stored = {**event, "_historical_migration": bool(data.get("historical_migration"))}
+            distinct = _distinct_id(event)
+            if isinstance(distinct, str) and len(distinct) > MAX_DISTINCT_ID:
+                app["truncated"].append(distinct)
+                stored["distinct_id"] = distinct[:MAX_DISTINCT_ID]
+            target.append(stored)
         return web.json_response({"status": "Ok"})
 
     app.router.add_post("/batch/", batch)

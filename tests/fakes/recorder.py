@@ -6,6 +6,7 @@
     rec.delay = 0.05                     # seconds before answering
     rec.blackhole = True                 # accept and never answer
     rec.answer = lambda body: 400 or None  # an answer chosen from the parsed body (None: as above)
+    rec.max_body = 2048                  # a receiver's body limit: larger requests get 413 (rec.too_large)
     with FakeServer(rec.app()) as server: ...
     rec.delivered()                      # events of requests answered 2xx, in order
 """
@@ -28,6 +29,8 @@ class Recorder:
         self.delay = 0.0
         self.blackhole = False
         self.answer: Any = None
+        self.max_body: int | None = None
+        self.too_large: list[int] = []  # sizes of the bodies refused with 413 for max_body
         self.log: list[tuple[float, int, Any]] = []  # (loop time, status answered, parsed body)
 
     def app(self) -> web.Application:
@@ -41,6 +44,9 @@ class Recorder:
             await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.max_body is not None and len(body) > self.max_body:
+            self.too_large.append(len(body))
+            return web.Response(status=413, text="request body too large")
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -64,6 +64,7 @@ from proxy.spool.base import (
     Settlement,
     Spool,
     SpoolFull,
+    SpoolRefused,
     SpoolUnavailable,
     Stats,
     StoredEvent,
@@ -84,11 +85,12 @@ _U32 = struct.Struct("<I")
 _NS = 1_000_000_000
 POLL = 1.0                # wait() returns at least this often (retries that became due)
 PURGE_EVERY = 5.0
+SAMPLE = 200              # records read for the cheap stats() estimates (the gauges read them every 5 s)
 
 
-class JetStreamRefused(SpoolUnavailable):
-    """The cluster cannot be used at all (server too old, JetStream off, bad credentials): serve
-    refuses to start with this message."""
+class JetStreamRefused(SpoolRefused, SpoolUnavailable):
+    """The cluster cannot be used at all (server too old, JetStream off, unreachable at start, bad
+    credentials): serve refuses to start with this message (exit status 2)."""
 
 
 def _version(text: str) -> tuple[int, int, int]:
@@ -202,6 +204,8 @@ class JetStreamSpool(Spool):
         self._last_purge = 0.0
         self._loading = False
         self._closed = False
+        self._started = False
+        self._last_error = ""
         self._secrets = [s.get_secret_value() for s in (self._cfg.password, self._cfg.token) if s is not None]
 
     def __repr__(self) -> str:
@@ -240,10 +244,12 @@ class JetStreamSpool(Spool):
                 ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
             opts["tls"] = ctx
         where = ", ".join(safe_url(s) for s in cfg.servers)
+        wait = cfg.connect_timeout * 2 + 1
         try:
-            self._nc = await asyncio.wait_for(nats.connect(**opts), cfg.connect_timeout * 2 + 1)
+            self._nc = await asyncio.wait_for(nats.connect(**opts), wait)
         except Exception as exc:  # noqa: BLE001 - every connect failure ends the same way
-            raise JetStreamRefused(f"cannot connect to NATS at {where}: {self._scrub(type(exc).__name__ + ': ' + str(exc))}") from None
+            why = self._last_error or self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            raise JetStreamRefused(f"cannot connect to NATS at {where} within {wait:g}s ({why})") from None
         self._connected = True
         try:
             await self._check_server(where)
@@ -256,7 +262,8 @@ class JetStreamSpool(Spool):
         except BaseException:
             await self._abandon()
             raise
-        log.info("jetstream_started", servers=where, stream=self.prefix, role=self.role,
+        self._started = True
+        (log.debug if self.role == "admin" else log.info)("jetstream_started", servers=where, stream=self.prefix, role=self.role,
                  schedules=self._schedules, dedup_ids=len(self._index))
 
     async def _check_server(self, where: str) -> None:
@@ -317,7 +324,11 @@ class JetStreamSpool(Spool):
         self.wake()
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats_error", error=self._scrub(f"{type(exc).__name__}: {exc}"))
+        text = self._scrub(f"{type(exc).__name__}: {exc}")
+        if not self._started:  # connecting at start: the refusal names the last error, once
+            self._last_error = text
+            return
+        log.warning("nats_error", error=text)
 
     async def _on_disconnect(self) -> None:
         if self._connected and not self._closed:
@@ -942,9 +953,11 @@ class JetStreamSpool(Spool):
         except _ApiError as exc:
             raise SpoolUnavailable(f"JetStream: {exc.description}") from None
 
-    async def _backlog(self, name: str, info: dict[str, Any] | None, events_state: dict[str, Any]) -> tuple[int, float | None]:
+    async def _backlog(self, name: str, info: dict[str, Any] | None, events_state: dict[str, Any],
+                       sample: int | None = SAMPLE) -> tuple[int, float | None]:
         """Events routed to ``name`` in records its consumer has not acked: counted exactly up to
-        ~2000 records, estimated beyond (records x the average routed per record of those read)."""
+        ``sample`` records (all when None), estimated beyond (records x the average routed per
+        record of those read)."""
         if info is None:
             return 0, None
         floor = info["ack_floor"]["stream_seq"]
@@ -956,7 +969,7 @@ class JetStreamSpool(Spool):
         counted = routed = 0
         oldest: float | None = None
         seq = start
-        while seq <= last and counted < 2000:
+        while seq <= last and (sample is None or counted < sample):
             got = await self._get(self.s_events, seq, f"{self.prefix}.events")
             if got is None:
                 break
@@ -981,7 +994,7 @@ class JetStreamSpool(Spool):
                 out = at if out is None else min(out, at)
         return out
 
-    async def stats(self, destinations: Sequence[str] = ()) -> Stats:
+    async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
         ev = await self._stream_state(self.s_events)
         rt = await self._stream_state(self.s_retry)
         dead = await self._subjects(self.s_dead, f"{self.prefix}.dead.*")
@@ -991,7 +1004,7 @@ class JetStreamSpool(Spool):
         for name in sorted(names):
             tok = token_of(name)
             info = await self._consumer_info(self.s_events, f"{self.prefix}_{tok}")
-            backlog, oldest = await self._backlog(name, info, ev)
+            backlog, oldest = await self._backlog(name, info, ev, None if exact else SAMPLE)
             retry_oldest = await self._oldest_retry(tok)
             if retry_oldest is not None:
                 oldest = retry_oldest if oldest is None else min(oldest, retry_oldest)
@@ -1001,7 +1014,7 @@ class JetStreamSpool(Spool):
                                          oldest_undelivered=oldest)
         self._events_bytes, self._retry_bytes = ev.get("bytes", 0), rt.get("bytes", 0)
         self._full = self._events_bytes >= int(self._cfg.max_bytes)
-        return Stats(engine=self.engine, events=await self._event_count(ev),
+        return Stats(engine=self.engine, events=await self._event_count(ev, None if exact else SAMPLE),
                      bytes=ev.get("bytes", 0) + rt.get("bytes", 0), max_bytes=int(self._cfg.max_bytes),
                      full=self._full, destinations=per,
                      extra={"records": ev.get("messages", 0), "retry_messages": rt.get("messages", 0),
@@ -1009,8 +1022,9 @@ class JetStreamSpool(Spool):
                             "dedup_window_effective": self._index.effective_window, "dedup_ids": len(self._index),
                             "message_schedules": self._schedules})
 
-    async def _event_count(self, ev: dict[str, Any]) -> int:
-        """Events (items) in the event stream: exact up to 2000 records, estimated beyond."""
+    async def _event_count(self, ev: dict[str, Any], sample: int | None = SAMPLE) -> int:
+        """Events (items) in the event stream: exact up to ``sample`` records (all when None),
+        estimated beyond."""
         n = ev.get("messages", 0)
         if not n:
             return 0
@@ -1018,7 +1032,7 @@ class JetStreamSpool(Spool):
         async for _seq, _s, data, _t in self._scan(self.s_events, f"{self.prefix}.events", ev.get("first_seq", 1)):
             items += len(records.Record(data))
             counted += 1
-            if counted >= 2000:
+            if sample is not None and counted >= sample:
                 return int(items / counted * n)
         return items
 

@@ -1104,6 +1104,10 @@ class JetStreamSpool(Spool):
         retention = self._storage.retention
         while len(self._samples) > 2 and self._samples[1][0] <= now - retention:
             self._samples.popleft()
+        if self.role != "main":
+            # an ingest worker (server.workers > 1) or operator knows no destinations: freeing is
+            # the delivering instances' job, else it would purge events a destination still owes
+            return
         if now - self._last_purge < PURGE_EVERY and used < 0.8 * max_bytes:
             return
         self._last_purge = now

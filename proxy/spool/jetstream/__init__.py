@@ -341,8 +341,10 @@ class JetStreamSpool(Spool):
         log.info("nats_reconnected", server=safe_url(f"{url.scheme}://{url.hostname}:{url.port}") if url else "?")
 
     def problems(self) -> list[str]:
+        # a full stream is not a readiness problem: ingest answers 429 + Retry-After, as the
+        # embedded spool does, instead of the load balancer taking every instance out
         r = self.refusal()
-        out = [r.message] if r is not None else []
+        out = [r.message] if r is not None and r.status == 503 else []
         if self._loading:
             out.append("loading the dedup index from JetStream")
         return out

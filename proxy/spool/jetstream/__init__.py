@@ -9,8 +9,11 @@ when the config differs; several instances starting at once converge on the same
   (JetStream's duplicate window, ``duplicate_window``, two minutes). Limits retention, discard new,
   ``max_bytes``: full -> 429. :meth:`maintain` purges what every active destination has acked,
   after ``retention`` (at once when the stream is over 80 % full).
-- ``P_IDS`` (``P.ids``): per stored request, its items' dedup hashes (8 bytes each), kept for
-  ``dedup_window``. Every instance tails it into its bounded in-memory index (see
+- ``P_IDS`` (``P.ids``): the dedup hashes (8 bytes each) of the items stored, kept for
+  ``dedup_window``. After a request's event PubAck (never before: a request answered 503 must not
+  make its resend a duplicate) its hashes join the next ids message of the instance, which carries
+  those of every request stored meanwhile (a group commit); the request is answered once that
+  message has its PubAck too. Every instance tails it into its bounded in-memory index (see
   :mod:`.dedup`): a resend of (source, messageId) is dropped on whichever instance it lands.
 - ``P_RETRY``: durable retries. A retry due later is a *scheduled message* (server >= 2.12:
   ``Nats-Schedule: @at T`` on ``P.sched.<dest>.<id>``); the server publishes it onto
@@ -26,8 +29,8 @@ when the config differs; several instances starting at once converge on the same
   instance extends the ack deadline (``+WPI``) of what it holds every ``ack_wait``/3, so only a dead
   instance's work moves to another one.
 
-Change notification: a core NATS message on ``P.notify`` after each append and replay (every
-instance hears it); ``wait`` also returns every second so retries that became due are found.
+Change notification: a core NATS message on ``P.notify`` after appends (one per ids message)
+and replays (every instance hears it); ``wait`` also returns every second so retries that became due are found.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ _U32 = struct.Struct("<I")
 _NS = 1_000_000_000
 POLL = 1.0                # wait() returns at least this often (retries that became due)
 PURGE_EVERY = 5.0
+IDS_MAX = 65536           # hashes per ids message (512 KiB, within NATS' default 1 MiB max_payload)
 SAMPLE = 200              # records read for the cheap stats() estimates (the gauges read them every 5 s)
 
 
@@ -206,6 +210,8 @@ class JetStreamSpool(Spool):
         self._closed = False
         self._started = False
         self._last_error = ""
+        self._ids_queue: list[tuple[float, list[int], asyncio.Future[None]]] = []
+        self._ids_wake: asyncio.Event | None = None
         self._secrets = [s.get_secret_value() for s in (self._cfg.password, self._cfg.token) if s is not None]
 
     def __repr__(self) -> str:
@@ -259,6 +265,8 @@ class JetStreamSpool(Spool):
                 self._tasks.append(asyncio.create_task(self._keepalive(), name="jetstream-keepalive"))
             if self.role in ("main", "ingest"):
                 await self._start_tail()
+                self._ids_wake = asyncio.Event()
+                self._tasks.append(asyncio.create_task(self._ids_flusher(), name="jetstream-ids"))
         except BaseException:
             await self._abandon()
             raise
@@ -287,12 +295,16 @@ class JetStreamSpool(Spool):
         if self._closed:
             return
         self._closed = True
+        if self._ids_queue and self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush_ids(), self._cfg.publish_timeout)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(BaseException):
                 await t
         self._tasks.clear()
+        self._release_ids_waiters()
         nc = self._nc
         if nc is not None and not nc.is_closed:
             # hand back what was fetched and not settled, so another instance gets it now
@@ -308,12 +320,19 @@ class JetStreamSpool(Spool):
                 await nc.close()
         self.wake()
 
+    def _release_ids_waiters(self) -> None:
+        batch, self._ids_queue = self._ids_queue, []
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
     async def _abandon(self) -> None:
         """Drop the connection without acking, NAKing or flushing anything (what a crash leaves)."""
         self._closed = True
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
+        self._release_ids_waiters()
         nc = self._nc
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -549,26 +568,52 @@ class JetStreamSpool(Spool):
                 self._mark_unavailable("too many publishes waiting for JetStream")
                 raise SpoolUnavailable(self._unavailable_reason) from None
             try:
-                ev, ids = await asyncio.gather(
-                    self._publish(f"{self.prefix}.events", payload, {"Nats-Msg-Id": mid}, deadline),
-                    self._publish(f"{self.prefix}.ids", pack_ids(request.received_at, hashes),
-                                  {"Nats-Msg-Id": mid}, deadline),
-                    return_exceptions=True)
+                await self._publish(f"{self.prefix}.events", payload, {"Nats-Msg-Id": mid}, deadline)
             finally:
                 self._inflight.release()
-            if isinstance(ev, BaseException):
-                raise ev
-            if isinstance(ids, BaseException):  # the events are stored; only other instances' dedup misses them
-                log.warning("dedup_ids_publish_failed", error=str(ids))
             index.add(hashes, request.received_at)
+            if self._ids_wake is not None:
+                done = loop.create_future()
+                self._ids_queue.append((request.received_at, hashes, done))
+                self._ids_wake.set()
+                await done  # never raises: a failed ids publish only weakens other instances' dedup
             self._events_bytes += len(payload) + 64
             if self._events_bytes >= int(self._cfg.max_bytes):
                 self._full = True
         finally:
             index.release(hashes)
-        with contextlib.suppress(Exception):
-            await self._nc.publish(f"{self.prefix}.notify", b"")
         return AppendResult(len(kept), dups)
+
+    async def _ids_flusher(self) -> None:
+        """The group commit of the ids: while one ids message waits for its PubAck, the requests
+        stored meanwhile queue up and go out together in the next one, with one change
+        notification (other instances' dedup learns the ids from it; see :mod:`.dedup`)."""
+        assert self._ids_wake is not None
+        while True:
+            await self._ids_wake.wait()
+            self._ids_wake.clear()
+            await self._flush_ids()
+
+    async def _flush_ids(self) -> None:
+        batch, self._ids_queue = self._ids_queue, []
+        if not batch:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(f"{self.prefix}.notify", b"")
+            at = min(a for a, _, _ in batch)
+            hashes = [h for _, hs, _ in batch for h in hs]
+            loop = asyncio.get_running_loop()
+            for i in range(0, len(hashes), IDS_MAX):
+                try:
+                    await self._publish(f"{self.prefix}.ids", pack_ids(at, hashes[i:i + IDS_MAX]),
+                                        {"Nats-Msg-Id": uuid.uuid4().hex}, loop.time() + self._cfg.publish_timeout)
+                except (SpoolUnavailable, SpoolFull) as exc:  # the events are stored; only other instances' dedup misses them
+                    log.warning("dedup_ids_publish_failed", error=str(exc), ids=len(hashes[i:i + IDS_MAX]))
+        finally:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def _start_tail(self) -> None:
         """Fill the dedup index from P_IDS (the last dedup_window) and keep following it."""

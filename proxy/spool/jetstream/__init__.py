@@ -212,6 +212,8 @@ class JetStreamSpool(Spool):
         self._last_error = ""
         self._ids_queue: list[tuple[float, list[int], asyncio.Future[None]]] = []
         self._ids_wake: asyncio.Event | None = None
+        self._msg_prefix = uuid.uuid4().hex[:16] + "-"
+        self._msg_seq = 0
         self._secrets = [s.get_secret_value() for s in (self._cfg.password, self._cfg.token) if s is not None]
 
     def __repr__(self) -> str:
@@ -561,12 +563,15 @@ class JetStreamSpool(Spool):
         deadline = loop.time() + self._cfg.publish_timeout
         try:
             payload = records.encode(request, kept)
-            mid = uuid.uuid4().hex
-            try:
-                await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
-            except asyncio.TimeoutError:
-                self._mark_unavailable("too many publishes waiting for JetStream")
-                raise SpoolUnavailable(self._unavailable_reason) from None
+            mid = self._msg_id()
+            if self._inflight.locked():  # (wait_for costs a task: only when there is a wait)
+                try:
+                    await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
+                except asyncio.TimeoutError:
+                    self._mark_unavailable("too many publishes waiting for JetStream")
+                    raise SpoolUnavailable(self._unavailable_reason) from None
+            else:
+                await self._inflight.acquire()
             try:
                 await self._publish(f"{self.prefix}.events", payload, {"Nats-Msg-Id": mid}, deadline)
             finally:
@@ -583,6 +588,11 @@ class JetStreamSpool(Spool):
         finally:
             index.release(hashes)
         return AppendResult(len(kept), dups)
+
+    def _msg_id(self) -> str:
+        """A Nats-Msg-Id unique across instances and restarts: this instance's random prefix and a counter."""
+        self._msg_seq += 1
+        return f"{self._msg_prefix}{self._msg_seq:x}"
 
     async def _ids_flusher(self) -> None:
         """The group commit of the ids: while one ids message waits for its PubAck, the requests
@@ -607,7 +617,7 @@ class JetStreamSpool(Spool):
             for i in range(0, len(hashes), IDS_MAX):
                 try:
                     await self._publish(f"{self.prefix}.ids", pack_ids(at, hashes[i:i + IDS_MAX]),
-                                        {"Nats-Msg-Id": uuid.uuid4().hex}, loop.time() + self._cfg.publish_timeout)
+                                        {"Nats-Msg-Id": self._msg_id()}, loop.time() + self._cfg.publish_timeout)
                 except (SpoolUnavailable, SpoolFull) as exc:  # the events are stored; only other instances' dedup misses them
                     log.warning("dedup_ids_publish_failed", error=str(exc), ids=len(hashes[i:i + IDS_MAX]))
         finally:

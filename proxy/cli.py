@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(config, role="main", config_path=args.config, sock=sock)
     from proxy.app import SPOOL
-    from proxy.spool import SpoolRefused
+    from proxy.spool import SpoolRefused, SpoolUnavailable
 
     try:
         app[SPOOL].claim()  # one server per spool: a second one would deliver every event again
@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             server.run(app, config, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
                        metrics_app=metrics_app)
-    except SpoolRefused as exc:  # from the spool's start (e.g. the JetStream cluster is unusable)
+    except (SpoolRefused, SpoolUnavailable) as exc:  # at start (e.g. the JetStream cluster is unusable)
         print(f"trackrelay: not starting: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -283,7 +283,7 @@ class JetStreamSpool(Spool):
             raise JetStreamRefused(f"NATS server {version} at {where} is older than 2.10; trackrelay's jetstream "
                                    "engine needs nats-server >= 2.10")
         try:
-            resp = await self._api("$JS.API.INFO", {})
+            resp = await self._patiently(lambda: self._api("$JS.API.INFO", {}), "JetStream", unanswered=False)
         except _ApiError as exc:
             raise JetStreamRefused(f"JetStream is not available at {where}: {exc.description} (start nats-server "
                                    "with JetStream enabled: -js or jetstream {} in its config)") from None
@@ -387,17 +387,43 @@ class JetStreamSpool(Spool):
             raise _ApiError(err.get("code", 0), err.get("err_code", 0), err.get("description", "?"))
         return data
 
+    async def _patiently(self, call: Any, what: str, *, unanswered: bool = True) -> Any:
+        """``await call()``, asked again while the cluster is electing or recovering (no answer, or
+        a 503 from JetStream: right after a whole-cluster restart a stream can take many seconds
+        to get its leader) for up to max(30 s, 3 x publish_timeout); then its error. With
+        ``unanswered`` False only a 503 is asked again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(30.0, 3 * self._cfg.publish_timeout)
+        waited = False
+        while True:
+            try:
+                return await call()
+            except _ApiError as exc:
+                if exc.code != 503 or loop.time() >= deadline:
+                    raise
+            except JetStreamRefused:
+                raise
+            except (SpoolUnavailable, asyncio.TimeoutError):
+                if not unanswered or loop.time() >= deadline:
+                    raise
+            if not waited:
+                waited = True
+                log.info("jetstream_waiting", what=what)
+            await asyncio.sleep(0.5)
+
     async def _ensure_stream(self, config: dict[str, Any]) -> None:
         name = config["name"]
         for _ in range(5):
             try:
-                await self._api(f"$JS.API.STREAM.CREATE.{name}", config, timeout=10)
+                await self._patiently(lambda: self._api(f"$JS.API.STREAM.CREATE.{name}", config, timeout=10),
+                                      f"stream {name}")
                 return
             except _ApiError as exc:
                 if exc.err_code != ERR_STREAM_EXISTS:
                     raise JetStreamRefused(f"cannot create stream {name}: {exc.description}") from None
             try:
-                await self._api(f"$JS.API.STREAM.UPDATE.{name}", config, timeout=10)
+                await self._patiently(lambda: self._api(f"$JS.API.STREAM.UPDATE.{name}", config, timeout=10),
+                                      f"stream {name}")
                 log.info("jetstream_stream_updated", stream=name)
                 return
             except _ApiError as exc:
@@ -440,8 +466,9 @@ class JetStreamSpool(Spool):
                   "max_ack_pending": 20000, "max_waiting": 512, "replay_policy": "instant",
                   "num_replicas": 0, "metadata": {"trackrelay_destination": destination}}
         try:
-            await self._api(f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-                            {"stream_name": stream, "config": config, "action": ""}, timeout=10)
+            await self._patiently(lambda: self._api(f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                                                    {"stream_name": stream, "config": config, "action": ""},
+                                                    timeout=10), f"consumer {name}")
         except _ApiError as exc:
             raise SpoolUnavailable(f"cannot create consumer {name} on {stream}: {exc.description}") from None
 
@@ -627,9 +654,11 @@ class JetStreamSpool(Spool):
 
     async def _start_tail(self) -> None:
         """Fill the dedup index from P_IDS (the last dedup_window) and keep following it."""
+        import nats.errors
+        import nats.js.errors
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
-        info = await self._api(f"$JS.API.STREAM.INFO.{self.s_ids}", {})
+        info = await self._patiently(lambda: self._api(f"$JS.API.STREAM.INFO.{self.s_ids}", {}), f"stream {self.s_ids}")
         last = info["state"]["last_seq"] if info["state"]["messages"] else 0
         caught = asyncio.Event()
         if not last:
@@ -646,11 +675,17 @@ class JetStreamSpool(Spool):
 
         start = dt.datetime.fromtimestamp(time.time() - self._storage.dedup_window, dt.timezone.utc)
         js = self._nc.jetstream()
-        sub = await js.subscribe(
-            f"{self.prefix}.ids", stream=self.s_ids, cb=on_ids, ordered_consumer=True, idle_heartbeat=5.0,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                  opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
-            pending_msgs_limit=-1, pending_bytes_limit=64 * 1024 * 1024)
+
+        async def subscribe() -> Any:
+            try:
+                return await js.subscribe(
+                    f"{self.prefix}.ids", stream=self.s_ids, cb=on_ids, ordered_consumer=True, idle_heartbeat=5.0,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                          opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+                    pending_msgs_limit=-1, pending_bytes_limit=64 * 1024 * 1024)
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
+        sub = await self._patiently(subscribe, f"the ids of {self.s_ids}")
         self._subs.append(sub)
         self._loading = True
         try:

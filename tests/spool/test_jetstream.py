@@ -234,6 +234,8 @@ async def test_sigkill_a_node_then_the_leader_then_an_instance_then_the_whole_cl
             while acked() < 2000 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert acked() >= 2000, "no load"
+            for o in outs:  # both appenders run (else killing one later proves nothing)
+                assert o.exists() and o.stat().st_size, o.with_suffix(".log").read_text()[-3000:]
             leader = cluster.leader(f"{prefix}_EVENTS")
             victim = next(i for i in range(3) if i != leader)
             cluster.kill(victim)                          # a follower

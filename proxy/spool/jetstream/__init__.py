@@ -149,6 +149,10 @@ def _parse_time(text: str) -> float:
     return base + (float(m.group(2)) if m.group(2) else 0.0)
 
 
+class _NoResponders(SpoolUnavailable):
+    """Nobody listens on the API subject (JetStream off for the account), as opposed to a timeout."""
+
+
 class _ApiError(Exception):
     def __init__(self, code: int, err_code: int, description: str) -> None:
         super().__init__(f"{description} (JetStream {code}/{err_code})")
@@ -283,7 +287,8 @@ class JetStreamSpool(Spool):
             raise JetStreamRefused(f"NATS server {version} at {where} is older than 2.10; trackrelay's jetstream "
                                    "engine needs nats-server >= 2.10")
         try:
-            resp = await self._patiently(lambda: self._api("$JS.API.INFO", {}), "JetStream", unanswered=False)
+            # no responders: JetStream is off; a timeout may be a busy or recovering cluster: ask again
+            resp = await self._patiently(lambda: self._api("$JS.API.INFO", {}), "JetStream")
         except _ApiError as exc:
             raise JetStreamRefused(f"JetStream is not available at {where}: {exc.description} (start nats-server "
                                    "with JetStream enabled: -js or jetstream {} in its config)") from None
@@ -377,7 +382,9 @@ class JetStreamSpool(Spool):
 
         try:
             resp = await self._nc.request(subject, orjson.dumps(body) if body is not None else b"", timeout=timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+        except nats.errors.NoRespondersError:
+            raise _NoResponders("JetStream did not answer (NoRespondersError)") from None
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
                 asyncio.TimeoutError) as exc:
             raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
@@ -387,11 +394,11 @@ class JetStreamSpool(Spool):
             raise _ApiError(err.get("code", 0), err.get("err_code", 0), err.get("description", "?"))
         return data
 
-    async def _patiently(self, call: Any, what: str, *, unanswered: bool = True) -> Any:
+    async def _patiently(self, call: Any, what: str) -> Any:
         """``await call()``, asked again while the cluster is electing or recovering (no answer, or
         a 503 from JetStream: right after a whole-cluster restart a stream can take many seconds
-        to get its leader) for up to max(30 s, 3 x publish_timeout); then its error. With
-        ``unanswered`` False only a 503 is asked again."""
+        to get its leader) for up to max(30 s, 3 x publish_timeout); then its error. No responders
+        (JetStream off) is not asked again."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(30.0, 3 * self._cfg.publish_timeout)
         waited = False
@@ -401,10 +408,10 @@ class JetStreamSpool(Spool):
             except _ApiError as exc:
                 if exc.code != 503 or loop.time() >= deadline:
                     raise
-            except JetStreamRefused:
+            except (JetStreamRefused, _NoResponders):
                 raise
             except (SpoolUnavailable, asyncio.TimeoutError):
-                if not unanswered or loop.time() >= deadline:
+                if loop.time() >= deadline:
                     raise
             if not waited:
                 waited = True
@@ -629,7 +636,10 @@ class JetStreamSpool(Spool):
         while True:
             await self._ids_wake.wait()
             self._ids_wake.clear()
-            await self._flush_ids()
+            try:
+                await self._flush_ids()
+            except Exception as exc:  # noqa: BLE001 - the waiters are released; the next flush goes on
+                log.warning("dedup_ids_publish_failed", error=self._scrub(f"{type(exc).__name__}: {exc}"))
 
     async def _flush_ids(self) -> None:
         batch, self._ids_queue = self._ids_queue, []

@@ -102,11 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(config, role="main", config_path=args.config, sock=sock)
     from proxy.app import SPOOL
-    from proxy.spool import SpoolBusy
+    from proxy.spool import SpoolRefused, SpoolUnavailable
 
     try:
         app[SPOOL].claim()  # one server per spool: a second one would deliver every event again
-    except SpoolBusy as exc:
+    except SpoolRefused as exc:
         print(exc, file=sys.stderr)
         return 2
     ssl_context = tls.attach(app, config)
@@ -122,6 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             server.run(app, config, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
                        metrics_app=metrics_app, extra_sites=extra)
+    except (SpoolRefused, SpoolUnavailable) as exc:  # at start (e.g. the JetStream cluster is unusable)
+        print(f"trackrelay: not starting: {exc}", file=sys.stderr)
+        return 2
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -180,7 +183,10 @@ def _run(config: Config, fn, *args, missing_ok: bool = False):  # type: ignore[n
     ``await fn(spool, *args)``, close it."""
     import asyncio
 
-    from proxy.spool import open_spool
+    from proxy.spool import SpoolRefused, open_spool
+
+    if not structlog.is_configured():  # a backend's warnings go to stderr, never into stdout's output
+        setup_logging("warning", "console")
 
     async def main():  # type: ignore[no-untyped-def]
         spool = open_spool(config.storage, role="admin")
@@ -191,6 +197,12 @@ def _run(config: Config, fn, *args, missing_ok: bool = False):  # type: ignore[n
                 return None
             print(f"no spool at {config.storage.path}", file=sys.stderr)
             sys.exit(1)
+        except SpoolRefused as exc:
+            if missing_ok:
+                print(f"  note: the spool was not read: {exc}", file=sys.stderr)
+                return None
+            print(exc, file=sys.stderr)
+            sys.exit(2)
         try:
             return await fn(spool, *args)
         finally:

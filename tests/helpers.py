@@ -8,6 +8,15 @@
         tr.spool_events()      # every stored event, enriched (through the spool port)
 
 Destinations are config dicts exactly as in trackrelay.yaml (name, type, settings, delivery...).
+
+On a real 3-node JetStream cluster (``storage.engine: jetstream``), one per test module:
+
+    from tests.helpers import jetstream, nats_cluster  # noqa: F401  (nats_cluster is a fixture)
+
+    def test_x(nats_cluster, tmp_path):
+        storage = jetstream(nats_cluster, "t1")        # a stream prefix of its own per test
+        with TrackRelay(tmp_path / "a", storage=storage) as a, TrackRelay(tmp_path / "b", storage=storage) as b:
+            ...                                        # two instances sharing one spool
 """
 
 from __future__ import annotations
@@ -27,10 +36,29 @@ from typing import Any
 import orjson
 import yaml
 
+import pytest
+
 from tests.fakes.base import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_KEY = "test-write-key-123"
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real 3-node nats-server cluster (tests/spool/jetstream_cluster.py) for the test module."""
+    from tests.spool.jetstream_cluster import NatsCluster
+
+    with NatsCluster(tmp_path_factory.mktemp("nats")) as cluster:
+        yield cluster
+
+
+def jetstream(cluster: Any, stream: str, **settings: Any) -> dict[str, Any]:
+    """``storage`` for TrackRelay on ``cluster`` under the stream prefix ``stream``: replicas 3,
+    64 MiB, and a short ack_wait (a killed instance's leased events move on after 3 s)."""
+    js = {"servers": list(cluster.urls), "stream": stream, "replicas": 3, "max_bytes": "64MiB", "ack_wait": "3s",
+          **settings}
+    return {"engine": "jetstream", "dedup_memory": "8MiB", "jetstream": js}
 
 
 class TrackRelay:
@@ -48,6 +76,7 @@ class TrackRelay:
         tls_ca: Path | None = None,
     ) -> None:
         self.tmp_path = Path(tmp_path)
+        self.tmp_path.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.write_key = WRITE_KEY
         self.data_dir = self.tmp_path / "data"

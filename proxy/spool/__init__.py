@@ -18,6 +18,7 @@ from proxy.spool.base import (
     Spool,
     SpoolBusy,
     SpoolFull,
+    SpoolRefused,
     SpoolUnavailable,
     Stats,
     StoredEvent,
@@ -27,7 +28,7 @@ from proxy.spool.base import (
 
 __all__ = [
     "Append", "AppendResult", "DeadLetter", "DeadQuery", "Disposition", "Item", "Refusal", "Route",
-    "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
+    "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolRefused", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
     "open_spool", "upgrade",
 ]
 

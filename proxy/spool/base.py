@@ -114,7 +114,14 @@ class SpoolUnavailable(Exception):
     answers 503 with Retry-After; nothing of the request was acknowledged."""
 
 
-class SpoolBusy(Exception):
+class SpoolRefused(Exception):
+    """The spool cannot be used at all, and waiting will not help on its own (another server holds
+    it, the engine is too old, switched off, unreachable at start, or refuses the credentials).
+    Raised by :meth:`Spool.claim` or :meth:`Spool.start`; ``serve`` prints its message (one line,
+    no secrets) and exits with status 2, the CLI likewise."""
+
+
+class SpoolBusy(SpoolRefused):
     """Another server holds this spool (claim()): two servers would deliver everything twice."""
 
 
@@ -262,7 +269,8 @@ class Spool(abc.ABC):
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open/recover the store. Inside a running event loop."""
+        """Open/recover the store. Inside a running event loop. Raises SpoolRefused when the store
+        cannot be used at all (serve then refuses to start)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -43,7 +43,7 @@ def storage(urls: list[str], prefix: str, tmp_path: Path, **settings: Any) -> Je
 class JetStreamHarness(Harness):
     name = "jetstream"
     # backlog counts the items of records not yet acked (a partly settled record counts whole) and
-    # estimates past 2000 records; oldest_undelivered of retries is the first one in stream order
+    # estimates past 200 records unless exact; oldest_undelivered of retries is the first one in stream order
     caveats = frozenset({"approximate_backlog", "no_expedite"})
     small_max_bytes = 256 * 1024
     defaults = {"max_bytes": 64 * 1024 * 1024, "dedup_memory": 8 * 1024 * 1024}

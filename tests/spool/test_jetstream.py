@@ -230,10 +230,14 @@ async def test_sigkill_a_node_then_the_leader_then_an_instance_then_the_whole_cl
             return sum(len(o.read_text().split()) for o in outs if o.exists())
 
         try:
-            deadline = time.monotonic() + 60
-            while acked() < 2000 and time.monotonic() < deadline:
+            def both() -> bool:  # both appenders run (else killing one later proves nothing)
+                return all(o.exists() and o.stat().st_size for o in outs)
+
+            deadline = time.monotonic() + 90
+            while (acked() < 2000 or not both()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert acked() >= 2000, "no load"
+            assert both(), "\n".join(o.with_suffix(".log").read_text()[-3000:] for o in outs if o.with_suffix(".log").exists())
             leader = cluster.leader(f"{prefix}_EVENTS")
             victim = next(i for i in range(3) if i != leader)
             cluster.kill(victim)                          # a follower
@@ -281,3 +285,32 @@ async def test_sigkill_a_node_then_the_leader_then_an_instance_then_the_whole_cl
         # duplicates only of the same messageId (at-least-once): nothing leased that nobody sent
         prefixes = {"p0", "p1"}
         assert all(m.split("-")[0] in prefixes for m in leased)
+
+
+async def test_only_a_delivering_instance_frees_the_event_stream(tmp_path):
+    """An ingest worker (server.workers > 1) knows no destinations: its housekeeping must never
+    purge events a destination still owes, even with the stream near full."""
+    cluster = shared_cluster()
+    prefix = "p" + uuid.uuid4().hex[:10]
+    small = {"max_bytes": 1024 * 1024, "dedup_memory": 8 * 1024 * 1024, "retention": 0.01}
+    main = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, **small), role="main")
+    worker = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, **small), role="ingest")
+    await main.start()
+    await worker.start()
+    try:
+        await main.attach(["A"])
+        pad = "x" * 8000
+        sent = [f"m{i}" for i in range(110)]
+        for i in range(0, len(sent), 10):  # ~880 KB: over 80 % of the quota
+            await worker.append(req(*({**ev(m), "properties": {"pad": pad}} for m in sent[i:i + 10])))
+        await asyncio.sleep(0.05)
+        await worker.maintain([])
+        await worker.maintain([])
+        assert sorted(await deliver_all(main, "A")) == sorted(sent)
+    finally:
+        await worker.close()
+        await main.close()
+        admin = JetStreamSpool(storage(cluster.urls, prefix, tmp_path, **small), role="admin")
+        await admin.start()
+        await admin.delete_everything()
+        await admin.close()

@@ -9,8 +9,11 @@ when the config differs; several instances starting at once converge on the same
   (JetStream's duplicate window, ``duplicate_window``, two minutes). Limits retention, discard new,
   ``max_bytes``: full -> 429. :meth:`maintain` purges what every active destination has acked,
   after ``retention`` (at once when the stream is over 80 % full).
-- ``P_IDS`` (``P.ids``): per stored request, its items' dedup hashes (8 bytes each), kept for
-  ``dedup_window``. Every instance tails it into its bounded in-memory index (see
+- ``P_IDS`` (``P.ids``): the dedup hashes (8 bytes each) of the items stored, kept for
+  ``dedup_window``. After a request's event PubAck (never before: a request answered 503 must not
+  make its resend a duplicate) its hashes join the next ids message of the instance, which carries
+  those of every request stored meanwhile (a group commit); the request is answered once that
+  message has its PubAck too. Every instance tails it into its bounded in-memory index (see
   :mod:`.dedup`): a resend of (source, messageId) is dropped on whichever instance it lands.
 - ``P_RETRY``: durable retries. A retry due later is a *scheduled message* (server >= 2.12:
   ``Nats-Schedule: @at T`` on ``P.sched.<dest>.<id>``); the server publishes it onto
@@ -26,8 +29,8 @@ when the config differs; several instances starting at once converge on the same
   instance extends the ack deadline (``+WPI``) of what it holds every ``ack_wait``/3, so only a dead
   instance's work moves to another one.
 
-Change notification: a core NATS message on ``P.notify`` after each append and replay (every
-instance hears it); ``wait`` also returns every second so retries that became due are found.
+Change notification: a core NATS message on ``P.notify`` after appends (one per ids message)
+and replays (every instance hears it); ``wait`` also returns every second so retries that became due are found.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from proxy.spool.base import (
     Settlement,
     Spool,
     SpoolFull,
+    SpoolRefused,
     SpoolUnavailable,
     Stats,
     StoredEvent,
@@ -84,11 +88,13 @@ _U32 = struct.Struct("<I")
 _NS = 1_000_000_000
 POLL = 1.0                # wait() returns at least this often (retries that became due)
 PURGE_EVERY = 5.0
+IDS_MAX = 65536           # hashes per ids message (512 KiB, within NATS' default 1 MiB max_payload)
+SAMPLE = 200              # records read for the cheap stats() estimates (the gauges read them every 5 s)
 
 
-class JetStreamRefused(SpoolUnavailable):
-    """The cluster cannot be used at all (server too old, JetStream off, bad credentials): serve
-    refuses to start with this message."""
+class JetStreamRefused(SpoolRefused, SpoolUnavailable):
+    """The cluster cannot be used at all (server too old, JetStream off, unreachable at start, bad
+    credentials): serve refuses to start with this message (exit status 2)."""
 
 
 def _version(text: str) -> tuple[int, int, int]:
@@ -142,6 +148,10 @@ def _parse_time(text: str) -> float:
         return 0.0
     base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC).timestamp()
     return base + (float(m.group(2)) if m.group(2) else 0.0)
+
+
+class _NoResponders(SpoolUnavailable):
+    """Nobody listens on the API subject (JetStream off for the account), as opposed to a timeout."""
 
 
 class _ApiError(Exception):
@@ -203,6 +213,12 @@ class JetStreamSpool(Spool):
         self._last_purge = 0.0
         self._loading = False
         self._closed = False
+        self._started = False
+        self._last_error = ""
+        self._ids_queue: list[tuple[float, list[int], asyncio.Future[None]]] = []
+        self._ids_wake: asyncio.Event | None = None
+        self._msg_prefix = uuid.uuid4().hex[:16] + "-"
+        self._msg_seq = 0
         self._secrets = [s.get_secret_value() for s in (self._cfg.password, self._cfg.token) if s is not None]
 
     def __repr__(self) -> str:
@@ -241,10 +257,12 @@ class JetStreamSpool(Spool):
                 ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
             opts["tls"] = ctx
         where = ", ".join(safe_url(s) for s in cfg.servers)
+        wait = cfg.connect_timeout * 2 + 1
         try:
-            self._nc = await asyncio.wait_for(nats.connect(**opts), cfg.connect_timeout * 2 + 1)
-        except Exception as exc:
-            raise JetStreamRefused(f"cannot connect to NATS at {where}: {self._scrub(type(exc).__name__ + ': ' + str(exc))}") from None
+            self._nc = await asyncio.wait_for(nats.connect(**opts), wait)
+        except Exception as exc:  # noqa: BLE001 - every connect failure ends the same way
+            why = self._last_error or self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            raise JetStreamRefused(f"cannot connect to NATS at {where} within {wait:g}s ({why})") from None
         self._connected = True
         try:
             await self._check_server(where)
@@ -254,10 +272,13 @@ class JetStreamSpool(Spool):
                 self._tasks.append(asyncio.create_task(self._keepalive(), name="jetstream-keepalive"))
             if self.role in ("main", "ingest"):
                 await self._start_tail()
+                self._ids_wake = asyncio.Event()
+                self._tasks.append(asyncio.create_task(self._ids_flusher(), name="jetstream-ids"))
         except BaseException:
             await self._abandon()
             raise
-        log.info("jetstream_started", servers=where, stream=self.prefix, role=self.role,
+        self._started = True
+        (log.debug if self.role == "admin" else log.info)("jetstream_started", servers=where, stream=self.prefix, role=self.role,
                  schedules=self._schedules, dedup_ids=len(self._index))
 
     async def _check_server(self, where: str) -> None:
@@ -267,7 +288,8 @@ class JetStreamSpool(Spool):
             raise JetStreamRefused(f"NATS server {version} at {where} is older than 2.10; trackrelay's jetstream "
                                    "engine needs nats-server >= 2.10")
         try:
-            resp = await self._api("$JS.API.INFO", {})
+            # no responders: JetStream is off; a timeout may be a busy or recovering cluster: ask again
+            resp = await self._patiently(lambda: self._api("$JS.API.INFO", {}), "JetStream")
         except _ApiError as exc:
             raise JetStreamRefused(f"JetStream is not available at {where}: {exc.description} (start nats-server "
                                    "with JetStream enabled: -js or jetstream {} in its config)") from None
@@ -281,12 +303,16 @@ class JetStreamSpool(Spool):
         if self._closed:
             return
         self._closed = True
+        if self._ids_queue and self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush_ids(), self._cfg.publish_timeout)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(BaseException):
                 await t
         self._tasks.clear()
+        self._release_ids_waiters()
         nc = self._nc
         if nc is not None and not nc.is_closed:
             # hand back what was fetched and not settled, so another instance gets it now
@@ -302,12 +328,19 @@ class JetStreamSpool(Spool):
                 await nc.close()
         self.wake()
 
+    def _release_ids_waiters(self) -> None:
+        batch, self._ids_queue = self._ids_queue, []
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
     async def _abandon(self) -> None:
         """Drop the connection without acking, NAKing or flushing anything (what a crash leaves)."""
         self._closed = True
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
+        self._release_ids_waiters()
         nc = self._nc
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -318,7 +351,11 @@ class JetStreamSpool(Spool):
         self.wake()
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats_error", error=self._scrub(f"{type(exc).__name__}: {exc}"))
+        text = self._scrub(f"{type(exc).__name__}: {exc}")
+        if not self._started:  # connecting at start: the refusal names the last error, once
+            self._last_error = text
+            return
+        log.warning("nats_error", error=text)
 
     async def _on_disconnect(self) -> None:
         if self._connected and not self._closed:
@@ -331,8 +368,10 @@ class JetStreamSpool(Spool):
         log.info("nats_reconnected", server=safe_url(f"{url.scheme}://{url.hostname}:{url.port}") if url else "?")
 
     def problems(self) -> list[str]:
+        # a full stream is not a readiness problem: ingest answers 429 + Retry-After, as the
+        # embedded spool does, instead of the load balancer taking every instance out
         r = self.refusal()
-        out = [r.message] if r is not None else []
+        out = [r.message] if r is not None and r.status == 503 else []
         if self._loading:
             out.append("loading the dedup index from JetStream")
         return out
@@ -344,7 +383,11 @@ class JetStreamSpool(Spool):
 
         try:
             resp = await self._nc.request(subject, orjson.dumps(body) if body is not None else b"", timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as exc:
+        except nats.errors.NoRespondersError:
+            raise _NoResponders("JetStream did not answer (NoRespondersError)") from None
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
+                asyncio.TimeoutError) as exc:
             raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
         data = orjson.loads(resp.data) if resp.data else {}
         err = data.get("error")
@@ -352,17 +395,43 @@ class JetStreamSpool(Spool):
             raise _ApiError(err.get("code", 0), err.get("err_code", 0), err.get("description", "?"))
         return data
 
+    async def _patiently(self, call: Any, what: str) -> Any:
+        """``await call()``, asked again while the cluster is electing or recovering (no answer, or
+        a 503 from JetStream: right after a whole-cluster restart a stream can take many seconds
+        to get its leader) for up to max(30 s, 3 x publish_timeout); then its error. No responders
+        (JetStream off) is not asked again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(30.0, 3 * self._cfg.publish_timeout)
+        waited = False
+        while True:
+            try:
+                return await call()
+            except _ApiError as exc:
+                if exc.code != 503 or loop.time() >= deadline:
+                    raise
+            except (JetStreamRefused, _NoResponders):
+                raise
+            except (SpoolUnavailable, asyncio.TimeoutError):
+                if loop.time() >= deadline:
+                    raise
+            if not waited:
+                waited = True
+                log.info("jetstream_waiting", what=what)
+            await asyncio.sleep(0.5)
+
     async def _ensure_stream(self, config: dict[str, Any]) -> None:
         name = config["name"]
         for _ in range(5):
             try:
-                await self._api(f"$JS.API.STREAM.CREATE.{name}", config, timeout=10)
+                await self._patiently(lambda: self._api(f"$JS.API.STREAM.CREATE.{name}", config, timeout=10),
+                                      f"stream {name}")
                 return
             except _ApiError as exc:
                 if exc.err_code != ERR_STREAM_EXISTS:
                     raise JetStreamRefused(f"cannot create stream {name}: {exc.description}") from None
             try:
-                await self._api(f"$JS.API.STREAM.UPDATE.{name}", config, timeout=10)
+                await self._patiently(lambda: self._api(f"$JS.API.STREAM.UPDATE.{name}", config, timeout=10),
+                                      f"stream {name}")
                 log.info("jetstream_stream_updated", stream=name)
                 return
             except _ApiError as exc:
@@ -405,8 +474,9 @@ class JetStreamSpool(Spool):
                   "max_ack_pending": 20000, "max_waiting": 512, "replay_policy": "instant",
                   "num_replicas": 0, "metadata": {"trackrelay_destination": destination}}
         try:
-            await self._api(f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-                            {"stream_name": stream, "config": config, "action": ""}, timeout=10)
+            await self._patiently(lambda: self._api(f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                                                    {"stream_name": stream, "config": config, "action": ""},
+                                                    timeout=10), f"consumer {name}")
         except _ApiError as exc:
             raise SpoolUnavailable(f"cannot create consumer {name} on {stream}: {exc.description}") from None
 
@@ -528,39 +598,78 @@ class JetStreamSpool(Spool):
         deadline = loop.time() + self._cfg.publish_timeout
         try:
             payload = records.encode(request, kept)
-            mid = uuid.uuid4().hex
+            mid = self._msg_id()
+            if self._inflight.locked():  # (wait_for costs a task: only when there is a wait)
+                try:
+                    await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
+                except asyncio.TimeoutError:
+                    self._mark_unavailable("too many publishes waiting for JetStream")
+                    raise SpoolUnavailable(self._unavailable_reason) from None
+            else:
+                await self._inflight.acquire()
             try:
-                await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
-            except TimeoutError:
-                self._mark_unavailable("too many publishes waiting for JetStream")
-                raise SpoolUnavailable(self._unavailable_reason) from None
-            try:
-                ev, ids = await asyncio.gather(
-                    self._publish(f"{self.prefix}.events", payload, {"Nats-Msg-Id": mid}, deadline),
-                    self._publish(f"{self.prefix}.ids", pack_ids(request.received_at, hashes),
-                                  {"Nats-Msg-Id": mid}, deadline),
-                    return_exceptions=True)
+                await self._publish(f"{self.prefix}.events", payload, {"Nats-Msg-Id": mid}, deadline)
             finally:
                 self._inflight.release()
-            if isinstance(ev, BaseException):
-                raise ev
-            if isinstance(ids, BaseException):  # the events are stored; only other instances' dedup misses them
-                log.warning("dedup_ids_publish_failed", error=str(ids))
             index.add(hashes, request.received_at)
+            if self._ids_wake is not None:
+                done = loop.create_future()
+                self._ids_queue.append((request.received_at, hashes, done))
+                self._ids_wake.set()
+                await done  # never raises: a failed ids publish only weakens other instances' dedup
             self._events_bytes += len(payload) + 64
             if self._events_bytes >= int(self._cfg.max_bytes):
                 self._full = True
         finally:
             index.release(hashes)
-        with contextlib.suppress(Exception):
-            await self._nc.publish(f"{self.prefix}.notify", b"")
         return AppendResult(len(kept), dups)
+
+    def _msg_id(self) -> str:
+        """A Nats-Msg-Id unique across instances and restarts: this instance's random prefix and a counter."""
+        self._msg_seq += 1
+        return f"{self._msg_prefix}{self._msg_seq:x}"
+
+    async def _ids_flusher(self) -> None:
+        """The group commit of the ids: while one ids message waits for its PubAck, the requests
+        stored meanwhile queue up and go out together in the next one, with one change
+        notification (other instances' dedup learns the ids from it; see :mod:`.dedup`)."""
+        assert self._ids_wake is not None
+        while True:
+            await self._ids_wake.wait()
+            self._ids_wake.clear()
+            try:
+                await self._flush_ids()
+            except Exception as exc:  # noqa: BLE001 - the waiters are released; the next flush goes on
+                log.warning("dedup_ids_publish_failed", error=self._scrub(f"{type(exc).__name__}: {exc}"))
+
+    async def _flush_ids(self) -> None:
+        batch, self._ids_queue = self._ids_queue, []
+        if not batch:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(f"{self.prefix}.notify", b"")
+            at = min(a for a, _, _ in batch)
+            hashes = [h for _, hs, _ in batch for h in hs]
+            loop = asyncio.get_running_loop()
+            for i in range(0, len(hashes), IDS_MAX):
+                try:
+                    await self._publish(f"{self.prefix}.ids", pack_ids(at, hashes[i:i + IDS_MAX]),
+                                        {"Nats-Msg-Id": self._msg_id()}, loop.time() + self._cfg.publish_timeout)
+                except (SpoolUnavailable, SpoolFull) as exc:  # the events are stored; only other instances' dedup misses them
+                    log.warning("dedup_ids_publish_failed", error=str(exc), ids=len(hashes[i:i + IDS_MAX]))
+        finally:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def _start_tail(self) -> None:
         """Fill the dedup index from P_IDS (the last dedup_window) and keep following it."""
+        import nats.errors
+        import nats.js.errors
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
-        info = await self._api(f"$JS.API.STREAM.INFO.{self.s_ids}", {})
+        info = await self._patiently(lambda: self._api(f"$JS.API.STREAM.INFO.{self.s_ids}", {}), f"stream {self.s_ids}")
         last = info["state"]["last_seq"] if info["state"]["messages"] else 0
         caught = asyncio.Event()
         if not last:
@@ -577,11 +686,17 @@ class JetStreamSpool(Spool):
 
         start = dt.datetime.fromtimestamp(time.time() - self._storage.dedup_window, dt.UTC)
         js = self._nc.jetstream()
-        sub = await js.subscribe(
-            f"{self.prefix}.ids", stream=self.s_ids, cb=on_ids, ordered_consumer=True, idle_heartbeat=5.0,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                  opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
-            pending_msgs_limit=-1, pending_bytes_limit=64 * 1024 * 1024)
+
+        async def subscribe() -> Any:
+            try:
+                return await js.subscribe(
+                    f"{self.prefix}.ids", stream=self.s_ids, cb=on_ids, ordered_consumer=True, idle_heartbeat=5.0,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                          opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+                    pending_msgs_limit=-1, pending_bytes_limit=64 * 1024 * 1024)
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
+        sub = await self._patiently(subscribe, f"the ids of {self.s_ids}")
         self._subs.append(sub)
         self._loading = True
         try:
@@ -972,9 +1087,11 @@ class JetStreamSpool(Spool):
         except _ApiError as exc:
             raise SpoolUnavailable(f"JetStream: {exc.description}") from None
 
-    async def _backlog(self, name: str, info: dict[str, Any] | None, events_state: dict[str, Any]) -> tuple[int, float | None]:
+    async def _backlog(self, name: str, info: dict[str, Any] | None, events_state: dict[str, Any],
+                       sample: int | None = SAMPLE) -> tuple[int, float | None]:
         """Events routed to ``name`` in records its consumer has not acked: counted exactly up to
-        ~2000 records, estimated beyond (records x the average routed per record of those read)."""
+        ``sample`` records (all when None), estimated beyond (records x the average routed per
+        record of those read)."""
         if info is None:
             return 0, None
         floor = info["ack_floor"]["stream_seq"]
@@ -986,7 +1103,7 @@ class JetStreamSpool(Spool):
         counted = routed = 0
         oldest: float | None = None
         seq = start
-        while seq <= last and counted < 2000:
+        while seq <= last and (sample is None or counted < sample):
             got = await self._get(self.s_events, seq, f"{self.prefix}.events")
             if got is None:
                 break
@@ -1011,7 +1128,7 @@ class JetStreamSpool(Spool):
                 out = at if out is None else min(out, at)
         return out
 
-    async def stats(self, destinations: Sequence[str] = ()) -> Stats:
+    async def stats(self, destinations: Sequence[str] = (), *, exact: bool = False) -> Stats:
         ev = await self._stream_state(self.s_events)
         rt = await self._stream_state(self.s_retry)
         dead = await self._subjects(self.s_dead, f"{self.prefix}.dead.*")
@@ -1021,7 +1138,7 @@ class JetStreamSpool(Spool):
         for name in sorted(names):
             tok = token_of(name)
             info = await self._consumer_info(self.s_events, f"{self.prefix}_{tok}")
-            backlog, oldest = await self._backlog(name, info, ev)
+            backlog, oldest = await self._backlog(name, info, ev, None if exact else SAMPLE)
             retry_oldest = await self._oldest_retry(tok)
             if retry_oldest is not None:
                 oldest = retry_oldest if oldest is None else min(oldest, retry_oldest)
@@ -1031,7 +1148,7 @@ class JetStreamSpool(Spool):
                                          oldest_undelivered=oldest)
         self._events_bytes, self._retry_bytes = ev.get("bytes", 0), rt.get("bytes", 0)
         self._full = self._events_bytes >= int(self._cfg.max_bytes)
-        return Stats(engine=self.engine, events=await self._event_count(ev),
+        return Stats(engine=self.engine, events=await self._event_count(ev, None if exact else SAMPLE),
                      bytes=ev.get("bytes", 0) + rt.get("bytes", 0), max_bytes=int(self._cfg.max_bytes),
                      full=self._full, destinations=per,
                      extra={"records": ev.get("messages", 0), "retry_messages": rt.get("messages", 0),
@@ -1039,8 +1156,9 @@ class JetStreamSpool(Spool):
                             "dedup_window_effective": self._index.effective_window, "dedup_ids": len(self._index),
                             "message_schedules": self._schedules})
 
-    async def _event_count(self, ev: dict[str, Any]) -> int:
-        """Events (items) in the event stream: exact up to 2000 records, estimated beyond."""
+    async def _event_count(self, ev: dict[str, Any], sample: int | None = SAMPLE) -> int:
+        """Events (items) in the event stream: exact up to ``sample`` records (all when None),
+        estimated beyond."""
         n = ev.get("messages", 0)
         if not n:
             return 0
@@ -1048,7 +1166,7 @@ class JetStreamSpool(Spool):
         async for _seq, _s, data, _t in self._scan(self.s_events, f"{self.prefix}.events", ev.get("first_seq", 1)):
             items += len(records.Record(data))
             counted += 1
-            if counted >= 2000:
+            if sample is not None and counted >= sample:
                 return int(items / counted * n)
         return items
 
@@ -1120,6 +1238,10 @@ class JetStreamSpool(Spool):
         retention = self._storage.retention
         while len(self._samples) > 2 and self._samples[1][0] <= now - retention:
             self._samples.popleft()
+        if self.role != "main":
+            # an ingest worker (server.workers > 1) or operator knows no destinations: freeing is
+            # the delivering instances' job, else it would purge events a destination still owes
+            return
         if now - self._last_purge < PURGE_EVERY and used < 0.8 * max_bytes:
             return
         self._last_purge = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.helpers import nats_cluster  # noqa: F401  (the 3-node NATS cluster fixture, for every test module)
 from tests.sdk_support import CHROMIUM, IN_CI
 
 

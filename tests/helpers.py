@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
-
 import pytest
+import yaml
 
 from tests.fakes.base import free_port
 

@@ -32,7 +32,7 @@ import pytest
 
 from tests.fakes.base import FakeServer, free_port
 from tests.fakes.recorder import Recorder
-from tests.helpers import ROOT, WRITE_KEY, TrackRelay, jetstream, nats_cluster  # noqa: F401
+from tests.helpers import ROOT, WRITE_KEY, TrackRelay, jetstream
 from tests.spool.jetstream_cluster import nats_server_binary
 
 FAST = {"flush_interval": 0.05, "backoff_initial": 0.3, "backoff_max": 1.0, "inflight_retries": 0}
@@ -112,7 +112,7 @@ class OldNats:
         except (RuntimeError, asyncio.CancelledError):
             pass
 
-    def __enter__(self) -> "OldNats":
+    def __enter__(self) -> OldNats:
         self.thread.start()
         self.ready.wait(10)
         return self
@@ -233,7 +233,7 @@ class Load:
         self.prefix = prefix
         self.threads = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(threads)]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         return self

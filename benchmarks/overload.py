@@ -39,16 +39,15 @@ from common import (
     Procs,
     code_version,
     machine,
-    spool_counts,
+    spool_stats,
     start_trackrelay,
     tree_status,
 )
 
 
-def stored_events(data_dir: Path) -> int:
-    """Events committed to the spool (the storage layer's own count). The one place that reads
-    the spool: if its format changes, only this function does."""
-    return int(spool_counts(data_dir)["events"])
+def stored_events(config: Path) -> int:
+    """Events committed to the spool, from `trackrelay spool stats --json` (common.spool_stats)."""
+    return int(spool_stats(config)["events"])
 
 
 def load(url: str, workdir: Path, run_id: str, connections: int, duration: float) -> dict[str, Any]:
@@ -92,7 +91,7 @@ def run_server(procs: Procs, workdir: Path, name: str, args: argparse.Namespace,
                   f"cores: server {cpu.server:.2f} loadgen {cpu.loadgen:.2f} other {cpu.other:.2f}", flush=True)
     finally:
         procs.stop(proc)
-    stored = stored_events(data_dir)
+    stored = stored_events(proc.config)  # type: ignore[attr-defined]
     for row in results:
         row["stored"], row["ok_total"] = stored, ok_total
     print(f"  {name:10} spool: {stored} events stored, {ok_total} answered 200 "

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class SegmentLog:
         if not readonly:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = -1 if readonly else os.open(self.dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._thread_lock = threading.Lock()
         self._bases: list[int] = self._list()
         self._wfd = -1
         self._rfds: dict[int, int] = {}
@@ -101,11 +103,15 @@ class SegmentLog:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # waits in the kernel, GIL released
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        """Exclusive use of the log's end, across threads and processes. An flock belongs to the
+        open file, not the thread: a second thread of this process would get it at once and, on
+        release, drop it while the first still writes; the thread lock comes first for that."""
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # waits in the kernel, GIL released
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def end(self) -> int:
         """The end of the log (under the lock: a frame boundary)."""

@@ -234,3 +234,25 @@ class TrackRelay:
         stored = self._spool(lambda spool: spool.events())
         return [{**e.event, "_trackrelay": {"source": e.source, "destinations": list(e.destinations),
                                             "skipped": dict(e.skipped)}} for e in stored]
+
+
+def metric(tr: TrackRelay, name: str, **labels) -> float:
+    """The sum of a Prometheus metric's samples with these labels, from the server's /metrics."""
+    text = tr.get("/metrics")[1].decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait(cond, timeout=20.0, what="condition"):
+    """Poll ``cond()`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {timeout}s")

@@ -11,7 +11,7 @@ import orjson
 
 from tests.fakes.base import FakeServer
 from tests.fakes.recorder import Recorder
-from tests.helpers import ROOT, WRITE_KEY, TrackRelay
+from tests.helpers import ROOT, WRITE_KEY, TrackRelay, metric, wait
 
 FAST = {"flush_interval": 0.05, "backoff_initial": 0.2, "backoff_max": 1.0}
 
@@ -42,24 +42,6 @@ def dead_letters(tr: TrackRelay) -> list[dict]:
     return [orjson.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def metric(tr: TrackRelay, name: str, **labels) -> float:
-    text = tr.get("/metrics")[1].decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def test_503_503_200_delivers_once_after_three_attempts(tmp_path):

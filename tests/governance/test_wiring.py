@@ -15,7 +15,7 @@ from destinations.base import Verdict
 from proxy.delivery.engine import Result, fold_results
 from proxy.governance.filters import sample_bucket
 from tests.fakes.base import FakeServer
-from tests.helpers import ROOT, WRITE_KEY, TrackRelay
+from tests.helpers import ROOT, WRITE_KEY, TrackRelay, metric, wait
 
 FAST = {"flush_interval": 0.05, "backoff_initial": 0.2, "backoff_max": 1.0}
 PLAN = {
@@ -36,23 +36,6 @@ def cli(tr: TrackRelay, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def metric(tr: TrackRelay, name: str, **labels) -> float:
-    text = tr.get("/metrics")[1].decode()
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-                f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def send(tr: TrackRelay, events: list[dict]) -> None:

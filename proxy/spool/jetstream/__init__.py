@@ -1022,28 +1022,7 @@ class JetStreamSpool(Spool):
 
     async def replay(self, query: DeadQuery, destinations: Sequence[str], progress: Progress | None = None) -> int:
         allowed = set(destinations)
-        loop = asyncio.get_running_loop()
-        n = 0
-        for seq, dl in await self._dead_matching(query):
-            if dl.destination not in allowed:
-                continue
-            got = await self._get(self.s_dead, seq)
-            if got is None:
-                continue  # replayed by someone else meanwhile
-            meta, payload = _unpack(got[2])
-            due = {"destination": dl.destination, "due": time.time(), "attempts": 0, "first_failed": None,
-                   "done": [], "status": None, "reason": "replayed"}
-            await self._publish(f"{self.prefix}.due.{token_of(dl.destination)}", _pack(due, payload),
-                                {"Nats-Msg-Id": f"replay:{self.prefix}:{seq}"}, loop.time() + self._cfg.publish_timeout)
-            with contextlib.suppress(_ApiError):
-                await self._api(f"$JS.API.STREAM.MSG.DELETE.{self.s_dead}", {"seq": seq, "no_erase": True})
-            n += 1
-            if progress is not None:
-                progress(n)
-        if n:
-            with contextlib.suppress(Exception):
-                await self._nc.publish(f"{self.prefix}.notify", b"")
-        return n
+        return await self.reroute(query, lambda dl: [dl.destination] if dl.destination in allowed else [], progress)
 
     async def reroute(self, query: DeadQuery, route: Callable[[DeadLetter], Sequence[str]],
                       progress: Progress | None = None) -> int:

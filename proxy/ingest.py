@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from itertools import accumulate
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -67,6 +67,45 @@ class _Fields(msgspec.Struct, forbid_unknown_fields=False):
     integrations: _Raw = _ABSENT
 
 
+class _Object(msgspec.Struct, forbid_unknown_fields=False):
+    """Any JSON object; msgspec checks that it is one and skips its contents without building them."""
+
+
+_Id = str | int | float | None
+
+
+class _Fast(msgspec.Struct, forbid_unknown_fields=False):
+    """The common valid event, typed so that msgspec's C decoder does most of the checks: string
+    fields are strings, ids strings or numbers (not booleans), object fields objects. An event that
+    does not decode into this takes the general path (``_Fields`` and spec.check), which gives the
+    precise reason or accepts what is valid but unusual (a batch-level context replacing an item's
+    non-object one, say)."""
+
+    type: Any = None
+    userId: _Id = None
+    anonymousId: _Id = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    groupId: _Id = None
+    previousId: _Id = None
+    messageId: _Id = None
+    timestamp: str | None = None
+    originalTimestamp: str | None = None
+    sentAt: str | None = None
+    writeKey: Any = None
+    properties: _Object | None = None
+    traits: _Object | None = None
+    context: _Object | None = None
+    integrations: _Raw = _ABSENT
+
+
+# the call types the fast path decides alone (alias and group need previousId/groupId checks)
+_FAST_TYPES = frozenset({"track", "identify", "page", "screen"})
+_NULL = msgspec.Raw(b"null")
+_EMPTY_OBJECT = msgspec.Raw(b"{}")
+
+
 class _Batch(msgspec.Struct, forbid_unknown_fields=False):
     batch: _Raw = _ABSENT
     writeKey: Any = None
@@ -76,6 +115,30 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _decode_fields = msgspec.json.Decoder(_Fields).decode
+_decode_fast = msgspec.json.Decoder(_Fast).decode
+
+
+def _decode_item(raw: bytes) -> _Fast | _Fields | None:
+    """One event's fields: as ``_Fast`` when they have the common types, else as ``_Fields`` (the
+    general path decides); None when it is not a JSON object."""
+    try:
+        return _decode_fast(raw)
+    except msgspec.ValidationError:
+        pass
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    try:
+        return _decode_fields(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+def _decode_single(data: bytes) -> _Fast | _Fields:
+    """A single-event body's fields (raises msgspec's errors when it is not a JSON object)."""
+    try:
+        return _decode_fast(data)
+    except msgspec.ValidationError:
+        return _decode_fields(data)
 _decode_batch = msgspec.json.Decoder(_Batch).decode
 _decode_items = msgspec.json.Decoder(list[_Raw]).decode
 _decode_any = msgspec.json.Decoder().decode
@@ -210,7 +273,7 @@ class Ingest:
             raise BadRequest(400, "request_too_large", f"request body exceeds {limit} bytes")
         return data
 
-    def write_key(self, request: web.Request, body_key: Any, items: list[_Fields] | None) -> str:
+    def write_key(self, request: web.Request, body_key: Any, items: list[_Fast | _Fields] | None) -> str:
         key = body_key if isinstance(body_key, str) and body_key else None
         if key is None:
             for item in items or ():
@@ -231,9 +294,10 @@ class Ingest:
             raise BadRequest(400, "invalid_request", "An invalid write key was provided")
         return key
 
-    def route_index(self, routes: list[Route], cache: dict[int, int], source: str, fields: _Fields,
+    def route_index(self, routes: list[Route], cache: dict[int, int], source: str, fields: _Fast | _Fields,
                     batch_integrations: dict[str, Any] | None) -> int:
-        """Route one item (memoised: few distinct routes exist) and return its index in ``routes``."""
+        """Route one item and return its index in ``routes`` (each distinct route once per request;
+        the caller counts skips per route)."""
         integrations: Any = None
         if _present(fields.integrations):
             integrations = orjson.loads(bytes(fields.integrations))
@@ -253,12 +317,10 @@ class Ingest:
         if slot is None:
             slot = cache[id(route)] = len(routes)
             routes.append(route)
-        for dest, reason in skipped.items():
-            METRICS.skipped.labels(dest, reason).inc()
         return slot
 
-    def apply_plan(self, plan: SourcePlan, raw: bytes, fields: _Fields, routes: list[Route], cache: dict[int, int],
-                   slot: int) -> tuple[int, list[dict[str, str]] | None]:
+    def apply_plan(self, plan: SourcePlan, raw: bytes, fields: _Fast | _Fields, routes: list[Route],
+                   cache: dict[int, int], slot: int) -> tuple[int, list[dict[str, str]] | None]:
         """The source's tracking plan on one item: (route index, violations to store with it).
         allow: as routed, nothing stored; flag: as routed, with its violations (delivered at
         context.violations); block: routed only to the source's blocked store, every destination
@@ -287,10 +349,46 @@ class Ingest:
             routes.append(blocked)
         return index, violations
 
-    def check_item(self, raw: bytes, fields: _Fields, call_type: str | None, batch_context: bool,
-                   batch_integrations: bool) -> None:
-        """The spec checks and limits of one item; raises spec.Invalid with the reason."""
+    def fast_valid(self, f: _Fast, call_type: str | None, batch_integrations: bool) -> bool:
+        """True when the common event decoded as ``_Fast`` passes every spec check (and its type is
+        set); False when only the general path can tell (it may still be valid)."""
+        t = f.type if call_type is None else call_type
+        if type(t) is not str or t not in _FAST_TYPES:
+            return False
+        uid, aid = f.userId, f.anonymousId
+        if uid is not None and (type(uid) is not str or not uid or uid.isspace()):
+            return False
+        if aid is not None and (type(aid) is not str or not aid or aid.isspace()):
+            return False
+        if uid is None and aid is None:
+            return False
+        if t == "track":
+            name = f.event
+            if not name or name.isspace():
+                return False
+        mid = f.messageId
+        if mid is not None and (type(mid) is not str or not mid or mid.isspace()
+                                or len(mid) > self.limits.max_message_id_length):
+            return False
+        integrations = f.integrations
+        if (integrations and integrations != _EMPTY_OBJECT and integrations != _NULL and not batch_integrations
+                and memoryview(integrations)[0] != 0x7B):  # "{"
+            return False
+        f.type = t
+        return True
+
+    def check_item(self, raw: bytes, fields: _Fast | _Fields, call_type: str | None, batch_context: bool,
+                   batch_integrations: bool, numbers_suspect: bool = True) -> _Fast | _Fields:
+        """The spec checks and limits of one item; raises spec.Invalid with the reason. Returns the
+        item's decoded fields with type and messageId as checked. ``numbers_suspect`` False: the
+        request's body as a whole has no number that may not survive as sent."""
         limits = self.limits
+        if type(fields) is _Fast and self.fast_valid(fields, call_type, batch_integrations):
+            self.check_size(raw, numbers_suspect)
+            return fields
+        if type(fields) is _Fast:
+            fields = _decode_fields(raw)  # cannot fail: it decoded as _Fast
+        assert isinstance(fields, _Fields)
         view = {
             "type": fields.type, "userId": fields.userId, "anonymousId": fields.anonymousId, "event": fields.event,
             "name": fields.name, "category": fields.category, "groupId": fields.groupId,
@@ -303,12 +401,18 @@ class Ingest:
         checked = spec.check(view, call_type, limits.max_message_id_length)
         fields.type = checked["type"]
         fields.messageId = checked.get("messageId")
+        self.check_size(raw, numbers_suspect)
+        return fields
+
+    def check_size(self, raw: bytes, numbers_suspect: bool) -> None:
+        """The limits on one item's bytes: size, nesting, numbers that would not survive as sent."""
+        limits = self.limits
         if len(raw) > limits.max_event_bytes:
             raise spec.Invalid("event_too_large", f"event exceeds {limits.max_event_bytes} bytes")
         depth_limit = limits.max_nesting_depth
         if raw.count(b"{") + raw.count(b"[") > depth_limit and nesting_depth(raw) > depth_limit:
             raise spec.Invalid("too_deeply_nested", f"objects and arrays nest deeper than {depth_limit} levels")
-        if _suspect_number(raw):
+        if numbers_suspect and _suspect_number(raw):
             try:
                 value = _decode_any(raw)
             except (msgspec.DecodeError, RecursionError):
@@ -374,7 +478,7 @@ class Ingest:
             if call_type is None:
                 batch = _decode_batch(data)
             else:
-                single = _decode_fields(data)
+                single = _decode_single(data)
         except msgspec.ValidationError:
             raise BadRequest(400, "invalid_json", "request body must be a JSON object") from None
         except (msgspec.DecodeError, RecursionError):
@@ -390,15 +494,8 @@ class Ingest:
             if len(raws) > self.limits.max_batch_events:
                 raise BadRequest(400, "batch_too_large",
                                  f"batch has {len(raws)} events; at most {self.limits.max_batch_events}")
-            parsed: list[_Fields | None] = []
-            items_raw: list[bytes] = []
-            for r in raws:
-                raw = bytes(r)
-                items_raw.append(raw)
-                try:
-                    parsed.append(_decode_fields(raw))
-                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-                    parsed.append(None)  # not an object: refused below with its reason
+            items_raw = [bytes(r) for r in raws]
+            parsed = [_decode_item(raw) for raw in items_raw]
             key = self.write_key(request, batch.writeKey, [p for p in parsed if p is not None])
         else:
             parsed, items_raw = [single], [data]
@@ -440,11 +537,16 @@ class Ingest:
         messages: list[str] = []
         routes: list[Route] = []
         route_cache: dict[int, int] = {}
+        memo: dict[tuple[Any, ...], int] = {}  # (type, event, integrations) -> route index
+        skips: dict[int, int] = {}  # route index -> items routed there that skip a destination
+        numbers_suspect = _suspect_number(data)  # per body: a C-speed scan, then per item only if it hit
+        has_context, has_integrations = context_raw is not None, integrations_raw is not None
+        plan = self.plans.get(source) if self.plans else None
         for index, (fields, raw) in enumerate(zip(parsed, items_raw, strict=True)):
             try:
                 if fields is None:
                     raise spec.Invalid("not_an_object", "each event must be a JSON object")
-                self.check_item(raw, fields, call_type, context_raw is not None, integrations_raw is not None)
+                fields = self.check_item(raw, fields, call_type, has_context, has_integrations, numbers_suspect)
             except spec.Invalid as exc:
                 rejected.append((index, exc.reason))
                 messages.append(exc.message)
@@ -456,17 +558,27 @@ class Ingest:
                             message_id=mid if isinstance(mid, str) else None)
                 continue
             generated = None
-            mid = fields.messageId
+            mid = cast("str | None", fields.messageId)  # checked: a non-blank string, or None
             if not mid:
                 mid = generated = f"api-{uuid.uuid4()}"
-            slot = self.route_index(routes, route_cache, source, fields, batch_integrations)
-            plan = self.plans.get(source) if self.plans else None
+            integrations = fields.integrations
+            route_key = (fields.type, fields.event,
+                         None if not integrations or integrations == _EMPTY_OBJECT or integrations == _NULL
+                         else bytes(integrations))
+            slot = memo.get(route_key)  # type: ignore[arg-type]
+            if slot is None:
+                slot = memo[route_key] = self.route_index(routes, route_cache, source, fields, batch_integrations)
+            if routes[slot].skipped:
+                skips[slot] = skips.get(slot, 0) + 1
             if plan is None:
                 items.append(Item(raw, dedup_hash(source, mid), slot, index, generated))
             else:
                 slot, violations = self.apply_plan(plan, raw, fields, routes, route_cache, slot)
                 items.append(Item(raw, dedup_hash(source, mid), slot, index, generated, violations))
 
+        for slot, count in skips.items():
+            for dest, reason in routes[slot].skipped.items():
+                METRICS.skipped.labels(dest, reason).inc(count)
         self._received[source].inc(len(items) + len(rejected))
         self._last_items = items_raw
         if not items:

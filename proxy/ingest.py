@@ -36,7 +36,7 @@ from proxy.governance.plans import SourcePlan
 from proxy.metrics import METRICS
 from proxy.observe import TAPS
 from proxy.routing import Router
-from proxy.spool import Append, Item, Route, Spool, SpoolFull, SpoolUnavailable, dedup_hash
+from proxy.spool import Append, Item, Route, Spool, SpoolFull, SpoolUnavailable, dedup_key, dedup_prefix
 
 log = structlog.get_logger("trackrelay.ingest")
 
@@ -152,8 +152,23 @@ _BIG_EXPONENT = b"e000"
 
 
 def _suspect_number(raw: bytes) -> bool:
+    """Whether ``raw`` (valid JSON) may hold a number that does not survive as sent. A hit inside a
+    string (a hex id's "e123", a long numeric id sent as a string) is not one: with no backslash
+    before it, quotes are only string delimiters, so an odd count before the hit means it is inside
+    one. Where a backslash precedes the hit, it counts (the exact check decides)."""
     zeroed = raw.translate(_DIGITS_TO_ZERO, b"+")
-    return _NINETEEN_DIGITS in zeroed or _BIG_EXPONENT in zeroed
+    for pattern in (_NINETEEN_DIGITS, _BIG_EXPONENT):
+        pos = zeroed.find(pattern)
+        quotes = last = 0
+        while pos != -1:
+            if zeroed.find(b"\\", last, pos) != -1:
+                return True
+            quotes += zeroed.count(b'"', last, pos)
+            if not quotes & 1:
+                return True  # outside every string: a number
+            last = pos
+            pos = zeroed.find(pattern, pos + 1)
+    return False
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _DEPTH_STEP = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}
@@ -224,6 +239,7 @@ class Ingest:
         # labelled counters resolved once: .labels() on every request is measurable
         self._received = {s.name: METRICS.events_received.labels(s.name) for s in config.sources}
         self._stored = {s.name: METRICS.events_stored.labels(s.name) for s in config.sources}
+        self._prefixes = {s.name: dedup_prefix(s.name) for s in config.sources}
         # tracking plans (only sources with one parse their items); blocked variants of routes
         self.plans = {s.name: plan for s in config.sources if (plan := SourcePlan.from_config(s)) is not None}
         self._blocked: dict[int, tuple[Route, Route]] = {}
@@ -542,6 +558,7 @@ class Ingest:
         numbers_suspect = _suspect_number(data)  # per body: a C-speed scan, then per item only if it hit
         has_context, has_integrations = context_raw is not None, integrations_raw is not None
         plan = self.plans.get(source) if self.plans else None
+        prefix = self._prefixes[source]
         for index, (fields, raw) in enumerate(zip(parsed, items_raw, strict=True)):
             try:
                 if fields is None:
@@ -571,10 +588,10 @@ class Ingest:
             if routes[slot].skipped:
                 skips[slot] = skips.get(slot, 0) + 1
             if plan is None:
-                items.append(Item(raw, dedup_hash(source, mid), slot, index, generated))
+                items.append(Item(raw, dedup_key(prefix + mid.encode()), slot, index, generated))
             else:
                 slot, violations = self.apply_plan(plan, raw, fields, routes, route_cache, slot)
-                items.append(Item(raw, dedup_hash(source, mid), slot, index, generated, violations))
+                items.append(Item(raw, dedup_key(prefix + mid.encode()), slot, index, generated, violations))
 
         for slot, count in skips.items():
             for dest, reason in routes[slot].skipped.items():

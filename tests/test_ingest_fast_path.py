@@ -155,3 +155,23 @@ def test_the_fast_path_takes_the_common_event(ingest: Ingest, monkeypatch: pytes
                     "batch", None)
     assert result[0] == "stored" and len(result[1]) == 2 and result[2] == []
     assert calls == [True, True]
+
+
+@pytest.mark.parametrize(("body", "suspect"), [
+    (b'{"n":123456789012345678901234}', True),  # beyond 64 bits
+    (b'{"n":1e400}', True), (b'{"n":1E+400}', True), (b'{"a":[1,2],"n":-2.5e-3,"m":1.5e300}', True),
+    (b'{"id":"123456789012345678901234"}', False),  # a long id sent as a string
+    (b'{"anonymousId":"3e456f12-7e89-4a1b-9e23-8f0e1d2c3b4a"}', False),  # hex "e456", "e89", ...
+    (b'{"x":"e999","n":1e999}', True),  # a hit in a string, then a number
+    (b'{"x":"a\\"e999"}', True),  # an escape before the hit: counted, the exact check decides
+    (b'{"phone":"+4915123456789012345678"}', False),
+    (b'{"n":18446744073709551615}', True),  # 2**64 - 1: a candidate; the exact check keeps it
+    (b'{"n":1234567890123456789.5,"m":1e30}', True),
+    (b'{"n":123456789012345678,"m":1e30,"s":"e1000"}', False),  # 18 digits, 2-digit exponent
+])
+def test_number_prefilter(body: bytes, suspect: bool) -> None:
+    """The C-speed prefilter in front of the exact number check: never False for a number that may
+    not survive (the exact check then decides), False for look-alikes inside strings."""
+    from proxy.ingest import _suspect_number
+
+    assert _suspect_number(body) is suspect

@@ -24,12 +24,14 @@ from proxy.spool.base import (
     StoredEvent,
     Work,
     dedup_hash,
+    dedup_key,
+    dedup_prefix,
 )
 
 __all__ = [
     "Append", "AppendResult", "DeadLetter", "DeadQuery", "Disposition", "Item", "Refusal", "Route",
     "Settlement", "Spool", "SpoolBusy", "SpoolFull", "SpoolRefused", "SpoolUnavailable", "Stats", "StoredEvent", "Work",
-           "dedup_hash",
+    "dedup_hash", "dedup_key", "dedup_prefix",
     "open_spool", "upgrade",
 ]
 

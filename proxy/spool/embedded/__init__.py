@@ -314,25 +314,29 @@ class EmbeddedSpool(Spool):
                 rec = records.Record(payload)
                 index.add_many(rec.hashes(), rec.header.received_at)
             index.advance(max(p.request.received_at for p in group))
-            group_seen: set[int] = set()
+            hashes = [it.dedup for p in group for it in p.request.items]
+            seen = index.seen_among(hashes)
             results: list[AppendResult] = []
             frames: list[bytes] = []
-            hashes: list[int] = []
-            for p in group:
-                items = p.request.items
-                keep = []
-                for it in items:
-                    h = it.dedup
-                    hashes.append(h)
-                    if h in group_seen or index.seen(h):
-                        continue
-                    group_seen.add(h)
-                    keep.append(it)
-                if len(keep) == len(items):
-                    frames.append(p.frame)
-                elif keep:
-                    frames.append(records.frame(records.encode(p.request, keep)))
-                results.append(AppendResult(len(keep), len(items) - len(keep)))
+            if not seen and len(set(hashes)) == len(hashes):  # the usual case: no duplicate at all
+                frames = [p.frame for p in group]
+                results = [AppendResult(len(p.request.items), 0) for p in group]
+            else:
+                group_seen: set[int] = set()
+                for p in group:
+                    items = p.request.items
+                    keep = []
+                    for it in items:
+                        h = it.dedup
+                        if h in group_seen or h in seen:
+                            continue
+                        group_seen.add(h)
+                        keep.append(it)
+                    if len(keep) == len(items):
+                        frames.append(p.frame)
+                    elif keep:
+                        frames.append(records.frame(records.encode(p.request, keep)))
+                    results.append(AppendResult(len(keep), len(items) - len(keep)))
             now = max(p.request.received_at for p in group)
             end = self._known_end
             if frames:

@@ -21,7 +21,7 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 _BLOCK = struct.Struct("<Id")
@@ -54,17 +54,41 @@ class _Table:
             i = (i + 1) & mask
 
     def add(self, h: int) -> None:
+        self.add_all((h,))
+
+    def add_all(self, hashes: Iterable[int]) -> None:
+        """Insert each hash (the caller keeps ``count`` below ``limit`` beforehand: a table never
+        fills beyond half, so probing ends)."""
         slots, mask = self.slots, self.mask
-        i = h & mask
-        while True:
-            v = slots[i]
-            if v == h:
-                return
-            if v == 0:
-                slots[i] = h
-                self.count += 1
-                return
-            i = (i + 1) & mask
+        added = 0
+        for h in hashes:
+            i = h & mask
+            while True:
+                v = slots[i]
+                if v == h:
+                    break
+                if v == 0:
+                    slots[i] = h
+                    added += 1
+                    break
+                i = (i + 1) & mask
+        self.count += added
+
+    def found(self, hashes: Iterable[int]) -> set[int]:
+        """The hashes of ``hashes`` this table holds."""
+        slots, mask = self.slots, self.mask
+        out: set[int] = set()
+        for h in hashes:
+            i = h & mask
+            while True:
+                v = slots[i]
+                if v == h:
+                    out.add(h)
+                    break
+                if v == 0:
+                    break
+                i = (i + 1) & mask
+        return out
 
 
 class DedupIndex:
@@ -115,9 +139,24 @@ class DedupIndex:
         self._fit(now)
         self.current.add(h)
 
+    def seen_among(self, hashes: Sequence[int]) -> set[int]:
+        """The hashes of ``hashes`` seen within the window (usually none)."""
+        found = self.current.found(hashes)
+        if self.previous is not None:
+            found |= self.previous.found(hashes)
+        return found
+
     def add_many(self, hashes: Iterable[int], now: float) -> None:
-        for h in hashes:
-            self.add(h, now)
+        self.advance(now)
+        pending = hashes if isinstance(hashes, list) else list(hashes)
+        while pending:
+            cur = self.current
+            room = cur.limit - cur.count  # each insert adds at most one: a chunk of ``room`` fits
+            if room <= 0:
+                self._rotate(now, full=True)
+                continue
+            cur.add_all(pending[:room] if len(pending) > room else pending)
+            pending = pending[room:]
 
     def effective_window(self, now: float | None = None) -> float:
         """How long an id is remembered at least, as things stand: the window, or less when the

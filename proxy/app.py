@@ -58,12 +58,45 @@ def cors_headers(config: Config, request: web.Request) -> dict[str, str]:
     return headers
 
 
-def make_middlewares(config: Config) -> list:
+class Admission:
+    """The ingest requests a process is handling now, bounded by server.max_inflight_requests.
+    The gauge is published by the maintenance tick and at each scrape, not per request."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+
+    def publish(self) -> None:
+        METRICS.inflight_requests.set(self.inflight)
+
+
+ADMISSION = web.AppKey("admission", Admission)
+
+
+def make_middlewares(config: Config, admission: Admission) -> list:
+    retry_after = str(config.server.overload_retry_after)
+    limit = admission.limit
+
     @web.middleware
-    async def cors_and_errors(request: web.Request, handler) -> web.StreamResponse:
+    async def ingress(request: web.Request, handler) -> web.StreamResponse:
+        """CORS, every error as our JSON, and admission: at most server.max_inflight_requests
+        ingest requests at once (per process); beyond it, 429 with Retry-After at once, so SDKs
+        back off instead of queueing behind the spool. (One middleware: each costs per request.)"""
         try:
-            if request.method == "OPTIONS":
+            method = request.method
+            if method == "OPTIONS":
                 response: web.StreamResponse = preflight(config, request)
+            elif limit and method == "POST" and request.path.startswith("/v1/"):
+                if admission.inflight >= limit:
+                    METRICS.requests_rejected.labels("overloaded").inc()
+                    response = error(429, "overloaded", "the server is busy; retry later",
+                                     headers={"Retry-After": retry_after, "X-RateLimit-Reset": retry_after})
+                else:
+                    admission.inflight += 1
+                    try:
+                        response = await handler(request)
+                    finally:
+                        admission.inflight -= 1
             else:
                 response = await handler(request)
         except web.HTTPException as exc:
@@ -100,30 +133,7 @@ def make_middlewares(config: Config) -> list:
                 response.headers.setdefault(k, v)
         return response
 
-    limit = config.server.max_inflight_requests
-    retry_after = str(config.server.overload_retry_after)
-    inflight = 0
-
-    @web.middleware
-    async def admission(request: web.Request, handler) -> web.StreamResponse:
-        """At most server.max_inflight_requests ingest requests at once (per process); beyond it,
-        429 with Retry-After at once, so SDKs back off instead of queueing behind the spool."""
-        nonlocal inflight
-        if not limit or request.method != "POST" or not request.path.startswith("/v1/"):
-            return await handler(request)
-        if inflight >= limit:
-            METRICS.requests_rejected.labels("overloaded").inc()
-            return error(429, "overloaded", "the server is busy; retry later",
-                         headers={"Retry-After": retry_after, "X-RateLimit-Reset": retry_after})
-        inflight += 1
-        METRICS.inflight_requests.inc()
-        try:
-            return await handler(request)
-        finally:
-            inflight -= 1
-            METRICS.inflight_requests.dec()
-
-    return [cors_and_errors, admission]
+    return [ingress]
 
 
 def preflight(config: Config, request: web.Request) -> web.Response:
@@ -230,6 +240,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def update_gauges(app: web.Application) -> None:
+    app[ADMISSION].publish()
     spool, engine = app[SPOOL], app.get(ENGINE)
     if engine is None:
         return
@@ -272,6 +283,7 @@ async def maintenance(app: web.Application) -> None:
         await asyncio.sleep(1.0)
         ticks += 1
         try:
+            app[ADMISSION].publish()
             await spool.maintain(engine.active_destinations() if engine is not None else [])
             if engine is not None and ticks % 5 == 0:
                 await update_gauges(app)
@@ -286,9 +298,11 @@ def create_app(config: Config, *, role: str = "main", config_path: str | None = 
     the ingest workers; "ingest" is such a worker: ingest only, reporting commits on ``notify_fd``."""
     limit = config.limits.max_request_bytes
     # Bodies are decompressed by ingest itself, with a cap, so a gzip bomb is refused cheaply.
-    app = web.Application(middlewares=make_middlewares(config), client_max_size=limit + limit // 10 + 1024,
+    admission = Admission(config.server.max_inflight_requests)
+    app = web.Application(middlewares=make_middlewares(config, admission), client_max_size=limit + limit // 10 + 1024,
                           handler_args={"auto_decompress": False})
     app[CONFIG] = config
+    app[ADMISSION] = admission
     spool = open_spool(config.storage, role=role)
     if notify_fd is not None:
         spool.on_commit = commit_notifier(notify_fd)

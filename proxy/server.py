@@ -164,14 +164,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         if self._force_close or self._close or self._payload_parser is not None or self._upgraded:
             super().data_received(data)
             return
-        if data and self._head_timer is None and self._body_payload is None:
-            # the first byte of a request: no longer idle (the keep-alive timer stops), and its
-            # headers must be complete within header_timeout
-            if self._keepalive_handle is not None:
-                self._keepalive_handle.cancel()
-                self._keepalive_handle = None
-            self._head_timer = self._loop.call_later(self._guard.header_timeout, self._header_timed_out)
         before = self._request_count
+        in_body = self._body_payload is not None
         super().data_received(data)
         payload = self._body_payload
         if payload is not None and payload.is_eof():
@@ -183,6 +177,14 @@ class GuardedHandler(web_protocol.RequestHandler):
                 self._cancel_body_timer()
                 self._body_payload = payload
                 self._body_timer = self._loop.call_later(self._guard.body_timeout, self._body_timed_out)
+        elif data and not in_body and self._head_timer is None:
+            # the first bytes of a request, not all its headers: no longer idle (the keep-alive
+            # timer stops), and the headers must be complete within header_timeout. (Headers that
+            # arrive whole, the usual case, cost no timer at all.)
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+                self._keepalive_handle = None
+            self._head_timer = self._loop.call_later(self._guard.header_timeout, self._header_timed_out)
 
     def _header_timed_out(self) -> None:
         self._head_timer = None

@@ -126,6 +126,7 @@ class EmbeddedSpool(Spool):
         self.last_error: str | None = None
         self._bytes_per_event = 1200.0  # running average of log bytes per event (for estimates)
         self._counted: dict[int, tuple[int, int]] = {}  # segment base -> (counted up to, events)
+        self._counted_lock = threading.Lock()  # the writer counts what it commits; stats() the rest
         self._journal_synced_end = -1  # the log end the journal was last synced for
         self._closed = False
 
@@ -309,9 +310,12 @@ class EmbeddedSpool(Spool):
             p.frame = records.frame(records.encode(p.request))
         index = self.index
         with self.log.locked():
-            others, _ = self.log.validate(self._known_end)
+            seen_from = self._known_end
+            others, seen_to = self.log.validate(seen_from)
+            others_events = 0
             for payload in others:  # what other processes committed since our last write
                 rec = records.Record(payload)
+                others_events += len(rec)
                 index.add_many(rec.hashes(), rec.header.received_at)
             index.advance(max(p.request.received_at for p in group))
             hashes = [it.dedup for p in group for it in p.request.items]
@@ -338,13 +342,17 @@ class EmbeddedSpool(Spool):
                         frames.append(records.frame(records.encode(p.request, keep)))
                     results.append(AppendResult(len(keep), len(items) - len(keep)))
             now = max(p.request.received_at for p in group)
-            end = self._known_end
+            end = start = self._known_end
             if frames:
-                _, end = self.log.append(b"".join(frames))
+                start, end = self.log.append(b"".join(frames))
             self.journal.write(hashes, now)
             self._known_end = end
+            segment_of = self.log.segment_of
+            spans = [(seen_from, seen_to, others_events, segment_of(seen_from), segment_of(seen_to - 1)),
+                     (start, end, sum(r.stored for r in results), segment_of(start), segment_of(end - 1))]
         if frames and self.sync:
             self.log.sync()
+        self._count_committed(spans)
         index.add_many(hashes, now)
         if frames and hashes:
             self._bytes_per_event = 0.9 * self._bytes_per_event + 0.1 * (sum(map(len, frames)) / len(hashes))
@@ -673,13 +681,26 @@ class EmbeddedSpool(Spool):
                 yield off, records.Record(payload)
                 pos = nxt
 
+    def _count_committed(self, spans: list[tuple[int, int, int, int, int]]) -> None:
+        """Writer: add committed regions (start, end, events, segment of start, of end - 1) to the
+        event counts, when each continues where a segment's count stands (else the next stats()
+        scans for it)."""
+        with self._counted_lock:
+            for start, end, events, base, last in spans:
+                if end <= start or base != last:
+                    continue
+                upto, n = self._counted.get(base, (base, 0))
+                if upto == start:
+                    self._counted[base] = (end, n + events)
+
     def _count_events(self) -> int:
         """Events in the log, counted incrementally: a segment once read is not read again, except
         the part of the last one written since."""
         assert self.log
         end = self.log.end() if self.role == "admin" else self.committed_end
         bases = self.log._list()
-        counted = {b: c for b, c in self._counted.items() if b in bases}
+        with self._counted_lock:
+            counted = {b: c for b, c in self._counted.items() if b in bases}
         total = 0
         for i, base in enumerate(bases):
             upto, n = counted.get(base, (base, 0))
@@ -688,7 +709,12 @@ class EmbeddedSpool(Spool):
                 n += len(rec)
             counted[base] = (max(upto, min(seg_end, end)), n)
             total += n
-        self._counted = counted
+        with self._counted_lock:  # the writer may have counted further meanwhile: the further count wins
+            for base, (upto, n) in counted.items():
+                if upto >= self._counted.get(base, (-1, 0))[0]:
+                    self._counted[base] = (upto, n)
+            for base in [b for b in self._counted if b not in bases]:
+                del self._counted[base]
         return total
 
 

@@ -59,6 +59,9 @@ class SegmentLog:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = -1 if readonly else os.open(self.dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._thread_lock = threading.Lock()
+        self._held = False  # this process holds the lock (set and cleared by locked())
+        self._followed = False  # _follow() already looked while it is held
+        self._dir = str(directory)
         self._bases: list[int] = self._list()
         self._wfd = -1
         self._rfds: dict[int, int] = {}
@@ -92,9 +95,13 @@ class SegmentLog:
         self._wfd = os.open(self.dir / _name(self._bases[-1]), os.O_RDWR | os.O_APPEND)
 
     def _follow(self) -> None:
-        """Under the lock: pick up segments other processes started (or deleted) since we last looked."""
+        """Under the lock: pick up segments other processes started (or deleted) since we last looked
+        (once per holding of the lock: segments are only created or deleted under it)."""
+        if self._followed:
+            return
+        self._followed = self._held
         st = os.fstat(self._wfd)
-        if st.st_nlink and not (self.dir / _name(self._bases[-1] + st.st_size)).exists():
+        if st.st_nlink and not os.path.exists(os.path.join(self._dir, _name(self._bases[-1] + st.st_size))):
             return  # still the last segment (a stat per commit)
         self._bases = self._list()
         for base in [b for b in self._rfds if b not in self._bases]:
@@ -108,9 +115,11 @@ class SegmentLog:
         release, drop it while the first still writes; the thread lock comes first for that."""
         with self._thread_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # waits in the kernel, GIL released
+            self._held, self._followed = True, False
             try:
                 yield
             finally:
+                self._held = self._followed = False
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def end(self) -> int:
@@ -131,6 +140,10 @@ class SegmentLog:
     def last(self) -> int:
         """Base offset of the last segment."""
         return self._bases[-1] if self._bases else 0
+
+    def segment_of(self, offset: int) -> int:
+        """Base offset of the segment holding ``offset``."""
+        return self._segment_of(offset)
 
     def _segment_of(self, offset: int) -> int:
         i = bisect.bisect_right(self._bases, offset) - 1

@@ -20,7 +20,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
+import orjson
+
+from proxy import spec
 
 # context.library.name as the mobile SDKs set it (read from their sources): analytics-kotlin
 # (core/.../plugins/ContextPlugin.kt), analytics-swift (Sources/Segment/Plugins/Context.swift),
@@ -156,8 +158,6 @@ class Enrichment:
 
     def __init__(self, received_at: float, client_ip: str | None, short_path: bool, call_type: str | None,
                  sent_at: str | None, context: bytes | None, integrations: bytes | None) -> None:
-        import orjson
-
         self.received_at = received_at
         self.received_iso = iso_epoch(received_at)
         self.client_ip = client_ip
@@ -172,14 +172,9 @@ class Enrichment:
 
     def apply(self, event: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
         """Enrich one stored item (its JSON parsed) in place and return it."""
-        from proxy import spec
-
         if self.batch:
             merge_batch_fields(event, self.batch)
-        try:
-            spec.check(event, self.call_type, 1 << 30)  # normalises; the limits were checked at ingest
-        except spec.Invalid as exc:  # cannot happen for an item ingest stored; never lose the event over it
-            structlog.get_logger("trackrelay.enrich").error("stored_event_check_failed", reason=exc.reason)
+        spec.normalize(event, self.call_type)  # what spec.check changes; ingest checked the item
         if message_id is not None:
             event["messageId"] = message_id
         return enrich(event, self.received_at, self.received_iso, self.sent, self.client_ip, self.short_path)

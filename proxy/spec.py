@@ -107,3 +107,34 @@ def check(item: Any, call_type: str | None, max_message_id: int) -> dict[str, An
         else:
             item["messageId"] = message_id
     return item
+
+
+def _normal_id(item: dict[str, Any], field: str, drop_null: bool) -> None:
+    value = item.get(field)
+    if value is None:
+        if drop_null:
+            item.pop(field, None)
+    elif type(value) is str:
+        if not value or value.isspace():
+            item.pop(field, None)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        item[field] = str(value)
+
+
+def normalize(item: dict[str, Any], call_type: str | None) -> dict[str, Any]:
+    """What :func:`check` changes in an item it accepts (type from the path, ids as strings, blank
+    ids removed), without its checks: for items checked before (stored ones, when delivery reads
+    them). Gives the same result as ``check`` on every item ``check`` accepts."""
+    if call_type is not None:
+        item["type"] = call_type
+    else:
+        call_type = item.get("type")
+    _normal_id(item, "userId", True)
+    _normal_id(item, "anonymousId", True)
+    if call_type == "alias":
+        _normal_id(item, "previousId", False)
+    elif call_type == "group":
+        _normal_id(item, "groupId", False)
+    if item.get("messageId") is not None:
+        _normal_id(item, "messageId", False)
+    return item

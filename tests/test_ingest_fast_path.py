@@ -175,3 +175,24 @@ def test_number_prefilter(body: bytes, suspect: bool) -> None:
     from proxy.ingest import _suspect_number
 
     assert _suspect_number(body) is suspect
+
+
+def test_delivery_normalises_stored_items_as_the_checks_would() -> None:
+    """Delivery applies spec.normalize (not the whole spec.check) to stored items: on every item the
+    checks accept, both must give the same event."""
+    import copy
+
+    from proxy import spec
+
+    rng = random.Random(7)
+    accepted = 0
+    for _ in range(4000):
+        event = random_event(rng)
+        for call_type in (None, "track", "group", "alias"):
+            try:
+                checked = spec.check(copy.deepcopy(event), call_type, 100)
+            except spec.Invalid:
+                continue
+            accepted += 1
+            assert spec.normalize(copy.deepcopy(event), call_type) == checked, (event, call_type)
+    assert accepted > 3000

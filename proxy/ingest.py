@@ -100,6 +100,37 @@ class _Fast(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     integrations: _Raw = _ABSENT
 
 
+class _PlanContext(msgspec.Struct, forbid_unknown_fields=False, gc=False):
+    traits: Any = None
+
+
+class _PlanFields(msgspec.Struct, forbid_unknown_fields=False):
+    """What a tracking plan reads of an event (proxy.governance.plans.SourcePlan.check): decoded
+    without the rest (context's page, userAgent...)."""
+
+    event: Any = None
+    properties: Any = None
+    traits: Any = None
+    context: _PlanContext | None = None
+
+
+_decode_plan_fields = msgspec.json.Decoder(_PlanFields).decode
+
+
+def _plan_view(raw: bytes, call_type: str) -> dict[str, Any]:
+    """The event as far as a tracking plan reads it (type as checked)."""
+    try:
+        f = _decode_plan_fields(raw)
+    except msgspec.ValidationError:  # context not an object (a batch's replaces it): the whole event
+        event: dict[str, Any] = orjson.loads(raw)
+        event["type"] = call_type
+        return event
+    view: dict[str, Any] = {"type": call_type, "event": f.event, "properties": f.properties, "traits": f.traits}
+    if f.context is not None:
+        view["context"] = {"traits": f.context.traits}
+    return view
+
+
 # the call types the fast path decides alone (alias and group need previousId/groupId checks)
 _FAST_TYPES = frozenset({"track", "identify", "page", "screen"})
 _NULL = msgspec.Raw(b"null")
@@ -341,9 +372,7 @@ class Ingest:
         allow: as routed, nothing stored; flag: as routed, with its violations (delivered at
         context.violations); block: routed only to the source's blocked store, every destination
         it would have reached skipped with ``blocked_by_tracking_plan`` (counted)."""
-        event = orjson.loads(raw)
-        event["type"] = fields.type  # checked: the path's call type wins over the body's
-        decision = plan.decide(event)
+        decision = plan.decide(_plan_view(raw, fields.type))  # type checked: the path's wins over the body's
         if decision.action == "allow":
             return slot, None
         violations = [v.as_dict() for v in decision.violations]

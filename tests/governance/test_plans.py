@@ -162,3 +162,33 @@ def test_infer_mixed_types():
     props = plan_data["events"]["E"]
     assert props["properties"]["v"] == {"type": ["integer", "string"]} and props["required"] == ["v"]
     assert props["properties"]["w"] == {"type": "boolean"}
+
+
+def test_ingest_checks_a_plan_on_the_fields_it_reads_as_on_the_whole_event() -> None:
+    """Ingest decodes only what a plan reads (event, properties, traits, context.traits): the
+    violations must be those of the whole event, for every call and shape."""
+    import orjson
+
+    from proxy.ingest import _plan_view
+
+    plan = SourcePlan("web", TrackingPlan({
+        "events": {"Order Completed": {"type": "object", "required": ["order_id"],
+                                       "properties": {"order_id": {"type": "string"}}}},
+        "identify": {"type": "object", "required": ["email"]},
+        "group": {"type": "object", "required": ["name"]},
+    }), unplanned_events="flag", on_violation="flag")
+    events = [
+        ("track", {"event": "Order Completed", "properties": {"order_id": 5}, "context": {"page": {"url": "x"}}}),
+        ("track", {"event": "Order Completed", "properties": {"order_id": "o-1"}}),
+        ("track", {"event": "Unplanned", "properties": {}}),
+        ("identify", {"traits": {"name": "x"}}),
+        ("identify", {"context": {"traits": {"email": "a@b.co"}}}),  # analytics.js 1.x
+        ("identify", {"context": {"traits": {}}, "traits": {"email": "a@b.co"}}),
+        ("identify", {"context": "not an object"}),  # a batch's context replaces it: the whole event is read
+        ("group", {"traits": {}}),
+        ("page", {"name": "Home"}),
+    ]
+    for call_type, event in events:
+        raw = orjson.dumps({"userId": "u", **event})
+        whole = {**orjson.loads(raw), "type": call_type}
+        assert plan.check(_plan_view(raw, call_type)) == plan.check(whole), (call_type, event)

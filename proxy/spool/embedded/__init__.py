@@ -194,13 +194,16 @@ class EmbeddedSpool(Spool):
         for at, hashes in self.journal.blocks(since):
             self.index.add_many(hashes, at)
         synced = self.state.call(lambda c: State.meta(c, DEDUP_SYNCED))
-        with self.log.locked():  # the whole last segment is checked: a torn tail is cut off there
-            start = min(int(synced), self.log.last()) if synced else self.log.first()
-            payloads, end = self.log.validate(start)
-        for payload in payloads:
+        index = self.index
+
+        def add(payload: bytes) -> None:
             rec = records.Record(payload)
             if rec.header.received_at >= since:
-                self.index.add_many(rec.hashes(), rec.header.received_at)
+                index.add_many(rec.hashes(), rec.header.received_at)
+
+        with self.log.locked():  # the whole last segment is checked: a torn tail is cut off there
+            start = min(int(synced), self.log.last()) if synced else self.log.first()
+            _, end = self.log.validate(start, add)  # streamed: a 64 MB segment is not held in memory
         self._known_end = self.committed_end = end
 
     async def start(self) -> None:

@@ -25,7 +25,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -36,6 +36,9 @@ log = structlog.get_logger("trackrelay.spool")
 
 SUFFIX = ".seg"
 READ_CHUNK = 1 << 20
+
+
+VALIDATE_CHUNK = 4 << 20  # bytes of payloads a streaming validate() holds at once
 
 
 def _name(base: int) -> str:
@@ -163,17 +166,27 @@ class SegmentLog:
 
     # -- writing (callers hold the lock) --------------------------------------------------------
 
-    def validate(self, start: int) -> tuple[list[bytes], int]:
+    def validate(self, start: int, each: Callable[[bytes], None] | None = None) -> tuple[list[bytes], int]:
         """Every record from ``start`` (a record boundary) to the end, and the end. A torn or corrupt
-        tail is cut off (its writer died inside its write: nothing of it was acknowledged)."""
+        tail is cut off (its writer died inside its write: nothing of it was acknowledged). With
+        ``each``, every payload is handed to it as it is read, a few MB at a time, and none is
+        returned (a recovery reading a whole segment keeps no more of it in memory)."""
         end = self.end()
         payloads: list[bytes] = []
+        budget = None if each is None else VALIDATE_CHUNK
         pos = max(start, self.first())
         while pos < end:
             base = self._segment_of(pos)
             seg_end = min(self._segment_end(base), end)
-            frames, stop = self._frames(base, pos, seg_end, None)
-            payloads += [p for _, _, p in frames]
+            frames, stop = self._frames(base, pos, seg_end, budget)
+            if each is None:
+                payloads += [p for _, _, p in frames]
+            else:
+                for _, _, p in frames:
+                    each(p)
+                if stop < seg_end and stop > pos and sum(len(p) for _, _, p in frames) >= VALIDATE_CHUNK:
+                    pos = stop  # stopped for the budget, not at a bad frame: read on
+                    continue
             if stop < seg_end:
                 if base == self._bases[-1]:
                     log.warning("spool_torn_tail_truncated", segment=_name(base), at=stop, bytes=seg_end - stop)

@@ -147,6 +147,9 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=False):
 
 _decode_fields = msgspec.json.Decoder(_Fields).decode
 _decode_fast = msgspec.json.Decoder(_Fast).decode
+_decode_batch = msgspec.json.Decoder(_Batch).decode
+_decode_items = msgspec.json.Decoder(list[_Raw]).decode
+_decode_any = msgspec.json.Decoder().decode
 
 
 def _decode_item(raw: bytes) -> _Fast | _Fields | None:
@@ -170,9 +173,7 @@ def _decode_single(data: bytes) -> _Fast | _Fields:
         return _decode_fast(data)
     except msgspec.ValidationError:
         return _decode_fields(data)
-_decode_batch = msgspec.json.Decoder(_Batch).decode
-_decode_items = msgspec.json.Decoder(list[_Raw]).decode
-_decode_any = msgspec.json.Decoder().decode
+
 
 # Numbers that may not survive as sent: a run of 19+ digits (beyond 64 bits?) or a 3-digit exponent
 # (overflow?). Digits are mapped to "0" and the runs looked for as substrings: a C-speed prefilter
@@ -200,6 +201,8 @@ def _suspect_number(raw: bytes) -> bool:
             last = pos
             pos = zeroed.find(pattern, pos + 1)
     return False
+
+
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _DEPTH_STEP = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}

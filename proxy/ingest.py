@@ -591,17 +591,11 @@ class Ingest:
         has_context, has_integrations = context_raw is not None, integrations_raw is not None
         plan = self.plans.get(source) if self.plans else None
         prefix = self._prefixes[source]
-        fast_valid = self.fast_valid
-        max_bytes, depth_limit = self.limits.max_event_bytes, self.limits.max_nesting_depth
         for index, (fields, raw) in enumerate(zip(parsed, items_raw, strict=True)):
             try:
-                # the common event, checked inline (check_item and check_size do the same, in general)
-                if not (type(fields) is _Fast and not numbers_suspect
-                        and fast_valid(fields, call_type, has_integrations)
-                        and len(raw) <= max_bytes and raw.count(b"{") + raw.count(b"[") <= depth_limit):
-                    if fields is None:
-                        raise spec.Invalid("not_an_object", "each event must be a JSON object")
-                    fields = self.check_item(raw, fields, call_type, has_context, has_integrations, numbers_suspect)
+                if fields is None:
+                    raise spec.Invalid("not_an_object", "each event must be a JSON object")
+                fields = self.check_item(raw, fields, call_type, has_context, has_integrations, numbers_suspect)
             except spec.Invalid as exc:
                 rejected.append((index, exc.reason))
                 messages.append(exc.message)

@@ -42,20 +42,6 @@ class _Table:
         self.slots.release()
         self._map.close()
 
-    def contains(self, h: int) -> bool:
-        slots, mask = self.slots, self.mask
-        i = h & mask
-        while True:
-            v = slots[i]
-            if v == h:
-                return True
-            if v == 0:
-                return False
-            i = (i + 1) & mask
-
-    def add(self, h: int) -> None:
-        self.add_all((h,))
-
     def add_all(self, hashes: Iterable[int]) -> None:
         """Insert each hash (the caller keeps ``count`` below ``limit`` beforehand: a table never
         fills beyond half, so probing ends)."""
@@ -126,18 +112,6 @@ class DedupIndex:
             self._rotate(now, full=False)
             if self.previous is not None and now - self.previous.started >= self.window:
                 self._rotate(now, full=False)  # two windows or more went by: nothing is remembered
-
-    def _fit(self, now: float) -> None:
-        self.advance(now)
-        if self.current.count >= self.current.limit:
-            self._rotate(now, full=True)
-
-    def seen(self, h: int) -> bool:
-        return self.current.contains(h) or (self.previous is not None and self.previous.contains(h))
-
-    def add(self, h: int, now: float) -> None:
-        self._fit(now)
-        self.current.add(h)
 
     def seen_among(self, hashes: Sequence[int]) -> set[int]:
         """The hashes of ``hashes`` seen within the window (usually none)."""

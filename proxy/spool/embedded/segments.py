@@ -146,9 +146,6 @@ class SegmentLog:
 
     def segment_of(self, offset: int) -> int:
         """Base offset of the segment holding ``offset``."""
-        return self._segment_of(offset)
-
-    def _segment_of(self, offset: int) -> int:
         i = bisect.bisect_right(self._bases, offset) - 1
         return self._bases[max(0, i)]
 
@@ -176,7 +173,7 @@ class SegmentLog:
         budget = None if each is None else VALIDATE_CHUNK
         pos = max(start, self.first())
         while pos < end:
-            base = self._segment_of(pos)
+            base = self.segment_of(pos)
             seg_end = min(self._segment_end(base), end)
             frames, stop = self._frames(base, pos, seg_end, budget)
             if each is None:
@@ -272,7 +269,7 @@ class SegmentLog:
         out: list[tuple[int, int, bytes]] = []
         pos = max(start, self.first())
         while pos < end and (not out or sum(len(p) for _, _, p in out) < max_bytes):
-            base = self._segment_of(pos)
+            base = self.segment_of(pos)
             seg_end = min(self._segment_end(base), end)
             if pos >= seg_end:
                 break

@@ -20,6 +20,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from proxy import spec
@@ -147,14 +148,48 @@ def received_now() -> tuple[float, str]:
 
 
 
+# Delivery reads a stored item as a *shallow view*: its top-level members and its context's members
+# as raw JSON (msgspec.Raw), with only the members the rules read by value decoded. The rules (merge,
+# spec.normalize, enrich) run unchanged on that view, and the encoder writes the untouched members'
+# bytes back as they were: no event is parsed into a tree and encoded again (issue 10).
+_SHALLOW = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ENCODE = msgspec.json.Encoder().encode
+_RAW = msgspec.Raw
+_decode = msgspec.json.decode
+# what spec.normalize and enrich read by value at the top level, and in context
+_READ_TOP = ("type", "userId", "anonymousId", "previousId", "groupId", "messageId", "timestamp", "sentAt")
+_READ_CONTEXT = ("library", "direct")
+
+
+def _shallow_object(raw: msgspec.Raw) -> Any:
+    """A raw JSON object as a dict of raw members; any other JSON value decoded (the rules replace a
+    context that is not an object, as they do on a parsed event)."""
+    try:
+        return _SHALLOW.decode(raw)
+    except msgspec.ValidationError:
+        return _decode(raw)
+
+
+def _shallow_context(value: Any) -> Any:
+    ctx = _shallow_object(value) if type(value) is _RAW else value
+    if isinstance(ctx, dict):
+        for name in _READ_CONTEXT:
+            member = ctx.get(name)
+            if type(member) is _RAW:
+                ctx[name] = _decode(member)
+    return ctx
+
+
 class Enrichment:
     """What delivery applies to each stored item of one request, from the facts ingest recorded:
     the batch's ``context`` and ``integrations`` merged in, the checks' normalisation (type from the
     path, ids as strings), the messageId ingest generated, then :func:`enrich`. The same for every
     reader (proxy/spool/records.py when a destination reads, the console's trace), so an event looks
-    the same wherever it is shown."""
+    the same wherever it is shown: :meth:`apply` on a parsed event, :meth:`apply_json` from its JSON
+    to the enriched JSON (the same rules, on a shallow view)."""
 
-    __slots__ = ("received_at", "received_iso", "client_ip", "short_path", "call_type", "sent", "batch")
+    __slots__ = ("received_at", "received_iso", "client_ip", "short_path", "call_type", "sent", "_context",
+                 "_integrations", "_batch", "_shallow")
 
     def __init__(self, received_at: float, client_ip: str | None, short_path: bool, call_type: str | None,
                  sent_at: str | None, context: bytes | None, integrations: bytes | None) -> None:
@@ -164,16 +199,58 @@ class Enrichment:
         self.short_path = short_path
         self.call_type = call_type
         self.sent = batch_sent_at({"sentAt": sent_at}) if sent_at else None
-        self.batch: dict[str, Any] = {}
-        if context:
-            self.batch["context"] = orjson.loads(context)
-        if integrations:
-            self.batch["integrations"] = orjson.loads(integrations)
+        self._context = context
+        self._integrations = integrations
+        self._batch: dict[str, Any] | None = None     # the batch's fields parsed, for apply
+        self._shallow: dict[str, Any] | None = None   # and as shallow views, for apply_json
+
+    def _batch_fields(self) -> dict[str, Any]:
+        if self._batch is None:
+            self._batch = {}
+            if self._context:
+                self._batch["context"] = orjson.loads(self._context)
+            if self._integrations:
+                self._batch["integrations"] = orjson.loads(self._integrations)
+        return self._batch
+
+    def _shallow_batch(self) -> dict[str, Any]:
+        if self._shallow is None:
+            self._shallow = {}
+            if self._context:
+                self._shallow["context"] = _shallow_context(_RAW(self._context))
+            if self._integrations:
+                self._shallow["integrations"] = _shallow_object(_RAW(self._integrations))
+        return self._shallow
 
     def apply(self, event: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
         """Enrich one stored item (its JSON parsed) in place and return it."""
-        if self.batch:
-            merge_batch_fields(event, self.batch)
+        return self._rules(event, message_id, self._batch_fields() if self._context or self._integrations else None)
+
+    def apply_json(self, raw: bytes, message_id: str | None = None, violations: bytes | None = None) -> bytes:
+        """The enriched JSON of one stored item from its JSON ``raw`` (a JSON object: ingest checked
+        it), with ``violations`` (a JSON list) at ``context.violations`` when given. Equal, parsed, to
+        :meth:`apply` on the parsed item; members the rules do not change keep their bytes."""
+        event: dict[str, Any] = _SHALLOW.decode(raw)
+        for name in _READ_TOP:
+            value = event.get(name)
+            if type(value) is _RAW:
+                event[name] = _decode(value)
+        ctx = event.get("context")
+        if ctx is not None:
+            event["context"] = _shallow_context(ctx)
+        batch = None
+        if self._context or self._integrations:
+            batch = self._shallow_batch()
+            if "integrations" in batch and type(event.get("integrations")) is _RAW:
+                event["integrations"] = _shallow_object(event["integrations"])
+        self._rules(event, message_id, batch)
+        if violations is not None:
+            event["context"]["violations"] = _RAW(violations)  # enrich made context an object
+        return _ENCODE(event)
+
+    def _rules(self, event: dict[str, Any], message_id: str | None, batch: dict[str, Any] | None) -> dict[str, Any]:
+        if batch:
+            merge_batch_fields(event, batch)
         spec.normalize(event, self.call_type)  # what spec.check changes; ingest checked the item
         if message_id is not None:
             event["messageId"] = message_id

@@ -94,4 +94,16 @@ class Metrics:
         return generate_latest(registry)
 
 
+def observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """``count`` observations of ``amount`` on a labelled Histogram child, at the cost of one
+    (prometheus-client has no weighted observe; delivery observes a whole request's events, which
+    share one receivedAt, at once). It updates the same sum and bucket values ``observe`` does;
+    tests/test_metrics.py holds it equal to ``count`` calls of ``observe``."""
+    histogram._sum.inc(amount * count)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if amount <= bound:
+            histogram._buckets[i].inc(count)
+            break
+
+
 METRICS = Metrics()

@@ -53,7 +53,7 @@ from destinations.base import (
 from proxy.config import Config, DestinationConfig, EffectiveDelivery
 from proxy.governance.blocked import SKIP_BLOCKED, blocked_destination, blocked_reason
 from proxy.governance.filters import DestinationPipeline
-from proxy.metrics import METRICS
+from proxy.metrics import METRICS, observe_many
 from proxy.observe import TAPS
 from proxy.spool import Disposition, Settlement, Spool, Work
 
@@ -421,9 +421,10 @@ class DestinationWorker:
         delivered = 0
         retry_due: list[float] = []
         latency = METRICS.delivery_latency.labels(self.name)
+        received: dict[float, int] = {}
         for work, message, res in zip(batch, messages, results, strict=True):
             attempts = work.attempts + res.attempts
-            done = work.done | res.done
+            done = work.done | res.done if work.done else res.done
             if res.verdict is Verdict.RETRY:
                 first = work.first_failed or now
                 if now - first >= self.d.retry_window:
@@ -454,9 +455,11 @@ class DestinationWorker:
                 settlements.append(Settlement(work, Disposition.SKIPPED, res.reason))
             else:
                 delivered += 1
-                if work.received_at:
-                    latency.observe(max(0.0, now - work.received_at))
+                if work.received_at:  # the events of one request share it: observed together
+                    received[work.received_at] = received.get(work.received_at, 0) + 1
                 settlements.append(Settlement(work, Disposition.DELIVERED, attempts=attempts))
+        for received_at, count in received.items():
+            observe_many(latency, max(0.0, now - received_at), count)
         if delivered:
             METRICS.delivered.labels(self.name).inc(delivered)
             self.log.info("events_delivered", count=delivered, attempts=max(r.attempts for r in results))

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from proxy.spool.base import (
     Append,
     AppendResult,
@@ -221,7 +219,7 @@ class MemorySpool(Spool):
                     continue
                 if destination not in rec.record.route_of(pos).destinations:
                     continue
-                event = orjson.dumps(rec.record.materialize(pos, raw))
+                event = rec.record.materialize_json(pos, raw)
                 if not room(len(event)):
                     return out
                 leased.add(("n", seq))

@@ -272,8 +272,9 @@ class JetStreamSettings(_Model):
     publish_timeout: Duration = Field(
         10.0, gt=0, description="Longest wait for a PubAck (leader elections take 5-12 s); then 503 + Retry-After.")
     max_inflight: int = Field(256, ge=1, le=65536,
-                              description="Publishes in flight per instance; more requests wait (within "
-                                          "publish_timeout).")
+                              description="Requests being published per instance (waiting for, or in, one "
+                                          "of its 8 concurrent publishes, which carry the requests that "
+                                          "queued up together); more wait (within publish_timeout).")
     ack_wait: Duration = Field(
         60.0, ge=1, description="How long a leased event stays with an instance that stopped answering (crashed) "
                                 "before the cluster hands it to another one; live instances extend it while they work.")

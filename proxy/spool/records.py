@@ -17,11 +17,13 @@ only ever added at the end, with a default, so records written before a field ex
 
 The embedded backend frames a payload for its segment files (:func:`frame`: u32 length | u32
 CRC-32 | payload; :func:`scan` reads frames back and stops at the first torn or corrupt one);
-JetStream publishes the payload as a message body.
+JetStream publishes the payload as a message body, or several requests' payloads together as a
+:func:`bundle` (:class:`Bundle` reads either).
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -161,6 +163,75 @@ class Record:
             route = self.route_of(i)
             yield StoredEvent(self.materialize(i, raw), h.source, h.received_at, route.destinations,
                               dict(route.skipped))
+
+
+# -- bundles: several requests' records in one message -------------------------------------------
+
+# Where a payload starts with its header's length, a bundle starts with this (no header is that long).
+BUNDLE = b"\xff\xff\xff\xff"
+
+
+def bundle(payloads: Sequence[bytes]) -> bytes:
+    """One message body holding the records ``payloads`` (JetStream publishes the requests that
+    queued up during a publish together); a single payload is returned as it is."""
+    if len(payloads) == 1:
+        return payloads[0]
+    return b"".join([BUNDLE, *(frame(p) for p in payloads)])
+
+
+class Bundle:
+    """The records of one message body (:func:`bundle`, or a single record) as one sequence of
+    items: position ``p`` is item ``p - start`` of the record that holds it, so a message's items
+    are numbered the same way whoever reads it."""
+
+    __slots__ = ("records", "_starts")
+
+    def __init__(self, body: bytes | memoryview) -> None:
+        if bytes(body[:4]) == BUNDLE:
+            frames = list(scan(body, 4))
+            end = (frames[-1][0] + FRAME_SIZE + len(frames[-1][1])) if frames else 4
+            if not frames or end != len(body):
+                raise ValueError(f"corrupt bundle: {len(frames)} whole records, {len(body) - end} bytes left over")
+            self.records = [Record(p) for _, p in frames]
+        else:
+            self.records = [Record(body)]
+        starts, n = [], 0
+        for rec in self.records:
+            starts.append(n)
+            n += len(rec)
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return self._starts[-1] + len(self.records[-1])
+
+    def locate(self, position: int) -> tuple[Record, int]:
+        """The record holding item ``position``, and the item's position in it."""
+        i = bisect.bisect_right(self._starts, position) - 1
+        return self.records[i], position - self._starts[i]
+
+    def header_of(self, position: int) -> Header:
+        return self.locate(position)[0].header
+
+    def raw_items(self) -> Iterator[tuple[int, bytes]]:
+        for start, rec in zip(self._starts, self.records, strict=True):
+            for i, raw in rec.raw_items():
+                yield start + i, raw
+
+    def route_of(self, position: int) -> Route:
+        rec, i = self.locate(position)
+        return rec.route_of(i)
+
+    def violations_of(self, position: int) -> list[dict[str, Any]] | None:
+        rec, i = self.locate(position)
+        return rec.violations_of(i)
+
+    def materialize_json(self, position: int, raw: bytes) -> bytes:
+        rec, i = self.locate(position)
+        return rec.materialize_json(i, raw)
+
+    def stored_events(self) -> Iterator[StoredEvent]:
+        for rec in self.records:
+            yield from rec.stored_events()
 
 
 # -- framing for files ---------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.spool.base import Disposition, Settlement, SpoolUnavailable
-from proxy.spool.jetstream import JetStreamRefused, JetStreamSpool
+from proxy.spool.base import DeadQuery, Disposition, Settlement, SpoolUnavailable
+from proxy.spool.jetstream import GROUP_BYTES, PULL_BYTES, JetStreamRefused, JetStreamSpool
 from tests.spool.harness_jetstream import shared_cluster, storage
 from tests.spool.jetstream_cluster import NatsCluster, _free_ports, nats_server_binary
 from tests.spool.support import BIG, deliver_all, ev, lease_all, mids, req
@@ -98,6 +98,85 @@ async def test_two_instances_share_the_work_each_event_leased_once(two):
     got_b += await deliver_all(b, "A")
     assert sorted(got_a + got_b) == sorted(f"m{n}-{i}" for n in range(20) for i in range(5))
     assert got_a and got_b  # the server spread the records
+
+
+async def test_concurrent_requests_share_messages_and_each_item_keeps_its_own_facts(two):
+    """Requests that arrive while every publish lane waits for its PubAck go out together in one
+    message (a bundle of their records). Each item is still leased once, with its own request's
+    facts; a retry and a dead letter of one item of a bundle hold only that item; a redelivery of a
+    partly settled bundle skips what was settled."""
+    a, b = two
+    await a.attach(["A"])
+    await b.attach(["A"])
+    n = 200
+    results = await asyncio.gather(*(a.append(req(ev(f"g{i}"), ev(f"g{i}-x"), ev(f"d{i % 150}"),
+                                                  source=f"src{i % 3}", received_at=1_700_000_000.0 + i))
+                                     for i in range(n)))
+    # d{i % 150} repeats for i >= 150 from the same source (150 is a multiple of 3): 50 duplicates
+    assert sum(r.stored for r in results) == 3 * n - 50
+    assert sum(r.duplicates for r in results) == 50
+    messages = (await a._stream_state(a.s_events))["messages"]
+    assert messages < n, f"{messages} messages for {n} concurrent requests: nothing was grouped"
+    works = await lease_all(b, "A")
+    by_mid = {w.message_id: w for w in works}
+    assert len(works) == len(by_mid) == sum(r.stored for r in results)
+    for i in (0, 77, 199):
+        w = by_mid[f"g{i}"]
+        assert w.source == f"src{i % 3}" and w.received_at == 1_700_000_000.0 + i
+        assert w.parsed()["receivedAt"].startswith("2023-11-14T22:")
+    retry, dead = by_mid["g5"], by_mid["g6-x"]
+    first = [w for w in works if w is not retry and w is not dead][:100]
+    await b.settle("A", [Settlement(retry, Disposition.RETRY, retry_at=time.time(), attempts=1),
+                         Settlement(dead, Disposition.DEAD, "refused", attempts=1),
+                         *(Settlement(w, Disposition.DELIVERED) for w in first)])
+    await b._abandon()  # the rest of its leases: redelivered after ack_wait, settled part skipped
+
+    async def a_gets_the_rest():
+        got = await lease_all(a, "A")
+        a_gets_the_rest.seen += mids(got)
+        await a.settle("A", [Settlement(w, Disposition.DELIVERED) for w in got])
+        return len(a_gets_the_rest.seen) >= len(works) - 101
+
+    a_gets_the_rest.seen = []
+    assert await _until(a_gets_the_rest)
+    expected = set(by_mid) - {w.message_id for w in first} - {"g6-x"}
+    assert set(a_gets_the_rest.seen) == expected  # the retry of g5 among them, once
+    assert sorted(a_gets_the_rest.seen) == sorted(expected)
+    letters, total = await a.dead_letters(DeadQuery("A"))
+    assert total == 1 and letters[0].message_id == "g6-x"
+
+
+async def test_large_bundles_are_leased_without_a_gap(two):
+    """Bundles of big batches (~0.5 MB each): every lease returns events until all are leased. A
+    pull that asks for more than arrives within its timeout (or that the server cuts short with a
+    status sent ahead of its last messages) leaves messages in flight, leased again only after
+    ack_wait: an empty lease with events still stored is that bug."""
+    a, _b = two
+    await a.attach(["A"])
+    pad = "x" * 1000
+    for r in range(3):
+        await asyncio.gather(*(a.append(req(*(ev(f"L{r}-{i}-{k}", pad=pad) for k in range(100))))
+                               for i in range(32)))
+    assert (await a._stream_state(a.s_events))["messages"] < 3 * 32
+    pulled: list[int] = []
+    pull = a._pull
+
+    async def measured_pull(stream, consumer, batch, timeout=2.0):
+        msgs = await pull(stream, consumer, batch, timeout)
+        if stream == a.s_events:
+            pulled.append(sum(len(m.data) for m in msgs))
+        return msgs
+
+    a._pull = measured_pull
+    seen: list[str | None] = []
+    while len(seen) < 3 * 32 * 100:
+        works = await a.lease("A", 500, BIG)
+        assert works, f"an empty lease after {len(seen)} of {3 * 32 * 100} events"
+        seen += mids(works)
+        await a.settle("A", [Settlement(w, Disposition.DELIVERED) for w in works])
+    assert len(set(seen)) == len(seen) == 3 * 32 * 100
+    # each pull asked for about PULL_BYTES (what it learnt of the message sizes), at most a message more
+    assert max(pulled) <= PULL_BYTES + GROUP_BYTES, pulled
 
 
 async def test_a_retry_waiting_for_hours_holds_no_consumer_slot(two):

@@ -4,9 +4,12 @@ trackrelay instances share one replicated JetStream; an instance keeps no state 
 What it creates (``P`` = ``storage.jetstream.stream``), idempotently at start (create, or update
 when the config differs; several instances starting at once converge on the same config):
 
-- ``P_EVENTS`` (subject ``P.events``): one message per request, the :mod:`proxy.spool.records`
-  payload, published with a ``Nats-Msg-Id`` so a publish retried after a timeout is stored once
-  (JetStream's duplicate window, ``duplicate_window``, two minutes). Limits retention, discard new,
+- ``P_EVENTS`` (subject ``P.events``): the requests' :mod:`proxy.spool.records` payloads. At most
+  PUBLISH_LANES publishes are in flight per instance; the requests that arrive while they wait for
+  their PubAck go out together in the next message, a :func:`~proxy.spool.records.bundle` of their
+  records (one request alone is its record as it is). Each message has a ``Nats-Msg-Id``, so a
+  publish retried after a timeout is stored once (JetStream's duplicate window,
+  ``duplicate_window``, two minutes); every request in it is answered after its PubAck. Limits retention, discard new,
   ``max_bytes``: full -> 429. :meth:`maintain` purges what every active destination has acked,
   after ``retention`` (at once when the stream is over 80 % full).
 - ``P_IDS`` (``P.ids``): the dedup hashes (8 bytes each) of the items stored, kept for
@@ -24,7 +27,7 @@ when the config differs; several instances starting at once converge on the same
   Replay publishes it back onto ``P.due.<dest>`` (due now, attempts reset) and deletes it.
 - Per destination two durable pull consumers shared by every instance: ``P_<dest>`` on the events
   (created with deliver policy *new*: a destination seen for the first time starts at the end) and
-  ``P_<dest>_retry`` on its due retries. A record is acked only once each of its items routed to
+  ``P_<dest>_retry`` on its due retries. A message is acked only once each of its items routed to
   the destination is settled (delivered / skipped, or its retry or dead letter has a PubAck); an
   instance extends the ack deadline (``+WPI``) of what it holds every ``ack_wait``/3, so only a dead
   instance's work moves to another one.
@@ -40,6 +43,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import math
 import re
 import ssl
 import struct
@@ -88,6 +92,17 @@ _U32 = struct.Struct("<I")
 _NS = 1_000_000_000
 POLL = 1.0                # wait() returns at least this often (retries that became due)
 PURGE_EVERY = 5.0
+# Event publishes: at most PUBLISH_LANES messages in flight per instance; requests that arrive while
+# all wait for their PubAck go out together in the next message, up to GROUP_RECORDS records and
+# GROUP_BYTES (NATS' default max_payload is 1 MiB). One message per request costs ~100 µs of
+# client CPU (benchmarks/scale.py): grouping is what makes single-event requests cheap.
+PUBLISH_LANES = 8
+GROUP_RECORDS = 64
+GROUP_BYTES = 512 * 1024
+# A pull of the event stream asks for about this many bytes, as a message count from the sizes seen
+# so far (not the pull's max_bytes: nats-server may answer its 409 before the last messages it sent,
+# which then wait for ack_wait): it must arrive within the pull's timeout and the pending limit.
+PULL_BYTES = 8 * 1024 * 1024
 IDS_MAX = 65536           # hashes per ids message (512 KiB, within NATS' default 1 MiB max_payload)
 SAMPLE = 200              # records read for the cheap stats() estimates (the gauges read them every 5 s)
 
@@ -125,8 +140,9 @@ def _unpack(body: bytes) -> tuple[dict[str, Any], bytes]:
     return orjson.loads(body[4:4 + n]), body[4 + n:]
 
 
-def _one_item(rec: records.Record, pos: int, raw: bytes) -> bytes:
-    """A record holding only item ``pos`` of ``rec`` (for its retry or dead letter)."""
+def _one_item(bundle: records.Bundle, position: int, raw: bytes) -> bytes:
+    """A record holding only item ``position`` of a message (for its retry or dead letter)."""
+    rec, pos = bundle.locate(position)
     h = rec.header
     _length, dedup, route, index, mid = h.items[pos]
     req = Append(source=h.source, key_index=h.key_index, received_at=h.received_at,
@@ -167,7 +183,7 @@ class _Held:
     msg: Any
     seq: int
     retry: bool
-    record: records.Record
+    record: records.Bundle
     pending: int                  # items routed here, not yet settled
     meta: dict[str, Any] = field(default_factory=dict)
     done: bool = False
@@ -216,6 +232,12 @@ class JetStreamSpool(Spool):
         self._started = False
         self._last_error = ""
         self._ids_queue: list[tuple[float, list[int], asyncio.Future[None]]] = []
+        # records waiting for a publish lane: (payload, deadline, waiter); bounded by _inflight
+        self._queued: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
+        self._lanes = 0
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        # event-stream messages pulled so far: bytes (a bundle's largest to begin with), items
+        self._pulled = (float(GROUP_BYTES), 1.0)
         self._ids_wake: asyncio.Event | None = None
         self._msg_prefix = uuid.uuid4().hex[:16] + "-"
         self._msg_seq = 0
@@ -307,6 +329,7 @@ class JetStreamSpool(Spool):
         if self._ids_queue and self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush_ids(), self._cfg.publish_timeout)
+        await self._stop_publishing()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -338,6 +361,7 @@ class JetStreamSpool(Spool):
     async def _abandon(self) -> None:
         """Drop the connection without acking, NAKing or flushing anything (what a crash leaves)."""
         self._closed = True
+        await self._stop_publishing()
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
@@ -599,7 +623,6 @@ class JetStreamSpool(Spool):
         deadline = loop.time() + self._cfg.publish_timeout
         try:
             payload = records.encode(request, kept)
-            mid = self._msg_id()
             if self._inflight.locked():  # (wait_for costs a task: only when there is a wait)
                 try:
                     await asyncio.wait_for(self._inflight.acquire(), self._cfg.publish_timeout)
@@ -609,7 +632,7 @@ class JetStreamSpool(Spool):
             else:
                 await self._inflight.acquire()
             try:
-                await self._publish(f"{self.prefix}.events", payload, {"Nats-Msg-Id": mid}, deadline)
+                await self._publish_grouped(payload, deadline)
             finally:
                 self._inflight.release()
             index.add(hashes, request.received_at)
@@ -624,6 +647,60 @@ class JetStreamSpool(Spool):
         finally:
             index.release(hashes)
         return AppendResult(len(kept), dups)
+
+    async def _publish_grouped(self, payload: bytes, deadline: float) -> None:
+        """Store one request's record: published by one of PUBLISH_LANES concurrent publishers,
+        together with the records of the requests that queued up while every lane waited for a
+        PubAck (one message, one Nats-Msg-Id: a retried publish is stored once). Returns once the
+        message holding it is acknowledged; raises what its publish raised."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((payload, deadline, waiter))
+        if self._lanes < PUBLISH_LANES:
+            self._lanes += 1
+            lane = asyncio.create_task(self._publish_lane(), name="jetstream-publish")
+            self._lane_tasks.add(lane)
+            lane.add_done_callback(self._lane_tasks.discard)
+        await waiter
+
+    async def _publish_lane(self) -> None:
+        try:
+            while self._queued:
+                group = [self._queued.popleft()]
+                size = len(group[0][0])
+                while self._queued and len(group) < GROUP_RECORDS and size + len(self._queued[0][0]) <= GROUP_BYTES:
+                    item = self._queued.popleft()
+                    group.append(item)
+                    size += len(item[0])
+                body = records.bundle([p for p, _, _ in group])
+                try:
+                    await self._publish(f"{self.prefix}.events", body, {"Nats-Msg-Id": self._msg_id()},
+                                        min(d for _, d, _ in group))
+                except BaseException as exc:
+                    for _, _, waiter in group:
+                        if not waiter.done():
+                            waiter.set_exception(exc if isinstance(exc, Exception) else SpoolUnavailable("stopped"))
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for _, _, waiter in group:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            self._lanes -= 1
+
+    async def _stop_publishing(self) -> None:
+        """Cancel the publish lanes; what they held, and what still waits for one, fails with
+        SpoolUnavailable (nothing of it was acknowledged)."""
+        lanes = list(self._lane_tasks)
+        for t in lanes:
+            t.cancel()
+        for t in lanes:
+            with contextlib.suppress(BaseException):
+                await t
+        queued, self._queued = self._queued, deque()
+        for _, _, waiter in queued:
+            if not waiter.done():
+                waiter.set_exception(SpoolUnavailable("the JetStream spool is closing"))
 
     def _msg_id(self) -> str:
         """A Nats-Msg-Id unique across instances and restarts: this instance's random prefix and a counter."""
@@ -740,11 +817,12 @@ class JetStreamSpool(Spool):
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=wait)
                     continue
-                rec = records.Record(payload)
+                rec = records.Bundle(payload)
                 held = _Held(msg, seq, True, rec, 1, meta)
                 d.held[(True, seq)] = held
                 (_, raw), = rec.raw_items()
-                due.append(((float(meta.get("due", 0)), rec.header.received_at, rec.header.items[0][3]), held, raw))
+                h = rec.header_of(0)
+                due.append(((float(meta.get("due", 0)), h.received_at, h.items[0][3]), held, raw))
             due.sort(key=lambda t: t[0])
             for _key, held, raw in due:
                 w = self._work(held, 0, raw)
@@ -770,15 +848,21 @@ class JetStreamSpool(Spool):
         return out
 
     async def _fill(self, d: _Dest, want: int) -> bool:
-        msgs = await self._pull(self.s_events, self._consumer(d, False), min(max(want, 1), 256))
+        """Fetch about ``want`` events' messages (a message may hold many requests' records)."""
+        size, items = self._pulled  # running means per message: bytes, items
+        count = max(1, min(256, math.ceil(max(want, 1) / items), int(PULL_BYTES // size)))
+        msgs = await self._pull(self.s_events, self._consumer(d, False), count)
         if not msgs:
             return False
+        got_bytes = sum(len(m.data) for m in msgs)
         name = d.name
+        got_items = 0
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             if (False, seq) in d.held:
                 continue
-            rec = records.Record(msg.data)
+            rec = records.Bundle(msg.data)
+            got_items += len(rec)
             mine = [(i, raw) for i, raw in rec.raw_items() if name in rec.route_of(i).destinations]
             if not mine:
                 with contextlib.suppress(Exception):
@@ -799,6 +883,9 @@ class JetStreamSpool(Spool):
             d.held[(False, seq)] = held
             for i, raw in mine:
                 d.buffer.append((held, i, raw))
+        n = len(msgs)
+        mean = got_bytes / n  # larger messages count at once, smaller ones gradually
+        self._pulled = (max(mean, 0.7 * size + 0.3 * mean), 0.7 * items + 0.3 * max(1.0, got_items / n))
         return True
 
     async def _last(self, stream: str, subject: str) -> bytes | None:
@@ -826,10 +913,10 @@ class JetStreamSpool(Spool):
                                 {"filter": f"{self.prefix}.prog.{d.token}.{held.seq}"})
 
     def _work(self, held: _Held, pos: int, raw: bytes) -> Work:
-        h = held.record.header
+        h = held.record.header_of(pos)
         meta = held.meta
         return Work(ref=(held, pos, raw), source=h.source, key_index=h.key_index, received_at=h.received_at,
-                    size=len(raw), event=held.record.materialize(pos, raw), attempts=int(meta.get("attempts", 0)),
+                    size=len(raw), raw=held.record.materialize_json(pos, raw), attempts=int(meta.get("attempts", 0)),
                     first_failed=meta.get("first_failed"), done=frozenset(meta.get("done", ())))
 
     async def settle(self, destination: str, settlements: Sequence[Settlement]) -> None:
@@ -865,7 +952,7 @@ class JetStreamSpool(Spool):
                     subject = f"{self.prefix}.due.{d.token}"
             else:
                 meta = {"destination": destination, "at": now, "attempts": s.attempts, "status": s.status,
-                        "reason": s.reason, "response": s.response, "source": held.record.header.source,
+                        "reason": s.reason, "response": s.response, "source": held.record.header_of(pos).source,
                         "message_id": s.work.message_id, "first_failed": s.first_failed}
                 subject, headers = f"{self.prefix}.dead.{d.token}", {"Nats-Msg-Id": "dead:" + base_id}
             jobs.append(self._publish(subject, _pack(meta, one), headers, deadline))
@@ -983,7 +1070,7 @@ class JetStreamSpool(Spool):
         if with_event:
             rec = records.Record(payload)
             (_, raw), = rec.raw_items()
-            event = orjson.dumps(rec.materialize(0, raw))
+            event = rec.materialize_json(0, raw)
         return DeadLetter(id=str(seq), destination=meta["destination"], at=float(meta["at"]),
                           attempts=int(meta.get("attempts", 0)), status=meta.get("status"),
                           reason=meta.get("reason", ""), response=meta.get("response"), source=meta.get("source", ""),
@@ -1090,12 +1177,12 @@ class JetStreamSpool(Spool):
             if got is None:
                 break
             seq = got[0] + 1
-            rec = records.Record(got[2])
-            n = sum(1 for i in range(len(rec)) if name in rec.route_of(i).destinations)
+            rec = records.Bundle(got[2])
+            mine = [i for i in range(len(rec)) if name in rec.route_of(i).destinations]
             counted += 1
-            routed += n
-            if n and oldest is None:
-                oldest = rec.header.received_at
+            routed += len(mine)
+            if mine and oldest is None:
+                oldest = rec.header_of(mine[0]).received_at
         if counted and seq <= last:
             routed = int(routed / counted * pending_records)
         return routed, oldest
@@ -1147,7 +1234,7 @@ class JetStreamSpool(Spool):
             return 0
         counted = items = 0
         async for _seq, _s, data, _t in self._scan(self.s_events, f"{self.prefix}.events", ev.get("first_seq", 1)):
-            items += len(records.Record(data))
+            items += len(records.Bundle(data))
             counted += 1
             if sample is not None and counted >= sample:
                 return int(items / counted * n)
@@ -1156,7 +1243,7 @@ class JetStreamSpool(Spool):
     async def events(self, limit: int | None = None) -> list[StoredEvent]:
         out: list[StoredEvent] = []
         async for _seq, _s, data, _t in self._scan(self.s_events, f"{self.prefix}.events"):
-            for se in records.Record(data).stored_events():
+            for se in records.Bundle(data).stored_events():
                 out.append(se)
                 if limit is not None and len(out) >= limit:
                     return out

@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -52,36 +52,52 @@ class DestinationSettings(BaseModel):
     example: ClassVar[dict[str, Any]] = {}
 
 
+class Lazy(Protocol):
+    """Makes the event on demand, as a dict or as JSON (the delivery engine's leased work)."""
+
+    def parsed(self) -> Mapping[str, Any]: ...
+
+    def json(self) -> bytes: ...
+
+
 class Message:
     """One stored event handed to an adapter.
 
     ``event`` is the enriched Segment message (type, messageId, timestamp, receivedAt, context...),
-    parsed on first use from the spool's bytes; ``json()`` gives those stored bytes unchanged, so
-    pass-through adapters (webhook, console) need not parse and re-encode. ``source`` is the
+    parsed on first use from the spool's bytes (or made as a dict by the spool); ``json()`` gives
+    those bytes unchanged (or made as JSON by the spool), so pass-through adapters (webhook,
+    console) need not parse and re-encode, and mapping ones get the dict without an encode. ``source`` is the
     trackrelay source name it arrived on; ``write_key`` is the key it arrived with (only for
     adapters that forward to another Segment-compatible collector).
     """
 
-    __slots__ = ("_event", "_raw", "source", "write_key")
+    __slots__ = ("_event", "_raw", "_lazy", "source", "write_key")
 
     def __init__(self, event: Mapping[str, Any] | None = None, source: str = "",
-                 write_key: SecretStr | None = None, *, raw: bytes | None = None) -> None:
-        if event is None and raw is None:
+                 write_key: SecretStr | None = None, *, raw: bytes | None = None, lazy: Lazy | None = None) -> None:
+        if event is None and raw is None and lazy is None:
             raise ValueError("a Message needs the event or its JSON")
         self._event = event
         self._raw = raw
+        self._lazy = lazy if event is None and raw is None else None
         self.source = source
         self.write_key = write_key
 
     @property
     def event(self) -> Mapping[str, Any]:
         if self._event is None:
-            self._event = orjson.loads(self._raw)  # type: ignore[arg-type]
+            if self._lazy is not None:
+                self._event = self._lazy.parsed()
+            else:
+                self._event = orjson.loads(self._raw)  # type: ignore[arg-type]
         return self._event
 
     def json(self) -> bytes:
         """The event as JSON: the stored bytes when there are some."""
-        return self._raw if self._raw is not None else orjson.dumps(self._event)
+        if self._raw is None:
+            lazy = self._lazy if self._event is None else None
+            self._raw = lazy.json() if lazy is not None else orjson.dumps(self._event)
+        return self._raw
 
     @property
     def type(self) -> str:

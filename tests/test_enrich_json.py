@@ -14,11 +14,12 @@ import msgspec
 import orjson
 import pytest
 
+from destinations.base import Message
 from proxy import enrich as enrich_module
 from proxy import spec
 from proxy.enrich import Enrichment
 from proxy.spool import records
-from proxy.spool.base import Append, Item, Route
+from proxy.spool.base import Append, Item, Route, Work
 from tests.test_ingest_fast_path import random_event
 
 RECEIVED = 1_764_000_000.25
@@ -138,3 +139,31 @@ def test_a_stored_item_that_is_not_an_object_fails_as_the_parsed_path_does() -> 
         enrichment.apply_json(b'{"type": "track", ')
     assert isinstance(msgspec.json.decode(enrichment.apply_json(b'{"type":"track","event":"E","userId":"u"}')),
                       dict)
+
+
+def test_leased_work_makes_only_what_is_asked_for() -> None:
+    """A Work read from the log makes the enriched JSON for json() (pass-through adapters) and the
+    dict for parsed() (mapping adapters, filters): never one from the other when it has the record."""
+    append = Append("web", 0, RECEIVED, [Item(b'{"type":"track","event":"A","userId":"u1","messageId":"m1"}', 1, 0, 0)],
+                    [Route(("hook",), {})])
+    rec = records.Record(records.encode(append))
+    (pos, raw), = rec.raw_items()
+    calls: list[str] = []
+
+    class Counting:
+        def materialize(self, position: int, item: bytes) -> dict[str, Any]:
+            calls.append("dict")
+            return rec.materialize(position, item)
+
+        def materialize_json(self, position: int, item: bytes) -> bytes:
+            calls.append("json")
+            return rec.materialize_json(position, item)
+
+    as_json = Work("ref", "web", 0, RECEIVED, len(raw), stored=(Counting(), pos, raw))
+    message = Message(as_json.event, "web", raw=as_json.raw, lazy=as_json)
+    assert orjson.loads(message.json())["messageId"] == "m1" and calls == ["json"]
+    as_dict = Work("ref", "web", 0, RECEIVED, len(raw), stored=(Counting(), pos, raw))
+    message = Message(as_dict.event, "web", raw=as_dict.raw, lazy=as_dict)
+    assert message.event["receivedAt"] == "2025-11-24T16:00:00.250Z" and calls == ["json", "dict"]
+    assert orjson.loads(as_dict.json()) == message.event and calls == ["json", "dict"]  # encoded from the dict
+    assert as_json.parsed() == as_dict.parsed()

@@ -38,7 +38,7 @@ import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from xxhash import xxh3_64_intdigest
@@ -145,10 +145,22 @@ class SpoolFull(Exception):
 # -- delivery side -------------------------------------------------------------------------------
 
 
+class Stored(Protocol):
+    """What a backend read: the enriched event, made on demand as a dict or as JSON from the
+    stored item (proxy.spool.records: ``materialize`` / ``materialize_json``)."""
+
+    def materialize(self, position: int, raw: bytes) -> dict[str, Any]: ...
+
+    def materialize_json(self, position: int, raw: bytes) -> bytes: ...
+
+
 @dataclass(slots=True)
 class Work:
     """One leased event for one destination. ``ref`` is the backend's handle: give the Work back in
-    its Settlement unchanged. ``event`` (enriched dict) or ``raw`` (enriched JSON) is set, or both."""
+    its Settlement unchanged. ``event`` (enriched dict) or ``raw`` (enriched JSON) is set, or both,
+    or ``stored`` (record, position, item JSON) makes whichever of them is asked for first
+    (:meth:`parsed`, :meth:`json`): a pass-through adapter gets the JSON without a parse, a mapping
+    one the dict without an encode."""
 
     ref: Any
     source: str
@@ -160,15 +172,24 @@ class Work:
     attempts: int = 0             # attempts made before this lease
     first_failed: float | None = None  # when the first attempt failed (retry window start)
     done: frozenset[str] = frozenset()  # keys of this message's requests that already succeeded
+    stored: tuple[Stored, int, bytes] | None = None
 
     def json(self) -> bytes:
         if self.raw is None:
-            self.raw = orjson.dumps(self.event)
+            if self.event is None and self.stored is not None:
+                record, position, item = self.stored
+                self.raw = record.materialize_json(position, item)
+            else:
+                self.raw = orjson.dumps(self.event)
         return self.raw
 
     def parsed(self) -> dict[str, Any]:
         if self.event is None:
-            self.event = orjson.loads(self.raw)  # type: ignore[arg-type]
+            if self.raw is None and self.stored is not None:
+                record, position, item = self.stored
+                self.event = record.materialize(position, item)
+            else:
+                self.event = orjson.loads(self.raw)  # type: ignore[arg-type]
         return self.event
 
     @property

@@ -225,6 +225,10 @@ class Bundle:
         rec, i = self.locate(position)
         return rec.violations_of(i)
 
+    def materialize(self, position: int, raw: bytes) -> dict[str, Any]:
+        rec, i = self.locate(position)
+        return rec.materialize(i, raw)
+
     def materialize_json(self, position: int, raw: bytes) -> bytes:
         rec, i = self.locate(position)
         return rec.materialize_json(i, raw)

@@ -458,7 +458,7 @@ class EmbeddedSpool(Spool):
                 for i, raw in rec.raw_items():
                     if i in wanted:
                         works.append(Work(("l", off, i, 0), h.source, h.key_index, h.received_at, len(raw),
-                                          raw=rec.materialize_json(i, raw)))
+                                          stored=(rec, i, raw)))
             out.append((off, nxt, h.received_at, works))
         return out
 

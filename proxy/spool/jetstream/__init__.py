@@ -916,7 +916,7 @@ class JetStreamSpool(Spool):
         h = held.record.header_of(pos)
         meta = held.meta
         return Work(ref=(held, pos, raw), source=h.source, key_index=h.key_index, received_at=h.received_at,
-                    size=len(raw), raw=held.record.materialize_json(pos, raw), attempts=int(meta.get("attempts", 0)),
+                    size=len(raw), stored=(held.record, pos, raw), attempts=int(meta.get("attempts", 0)),
                     first_failed=meta.get("first_failed"), done=frozenset(meta.get("done", ())))
 
     async def settle(self, destination: str, settlements: Sequence[Settlement]) -> None:

@@ -95,8 +95,7 @@ class Message:
     def json(self) -> bytes:
         """The event as JSON: the stored bytes when there are some."""
         if self._raw is None:
-            lazy = self._lazy if self._event is None else None
-            self._raw = lazy.json() if lazy is not None else orjson.dumps(self._event)
+            self._raw = self._lazy.json() if self._lazy is not None else orjson.dumps(self._event)
         return self._raw
 
     @property

@@ -230,8 +230,7 @@ class DestinationWorker:
 
     async def deliver(self, batch: list[Work], probe: bool = False) -> None:
         if self.pipeline is None:
-            messages = [Message(w.event, w.source, self.engine.write_key(w.source, w.key_index), raw=w.raw, lazy=w)
-                        for w in batch]
+            messages = [Message(None, w.source, self.engine.write_key(w.source, w.key_index), lazy=w) for w in batch]
             results = await self.send(messages, [w.done for w in batch])
             await self.record(batch, messages, results, probe)
             return

@@ -130,8 +130,7 @@ class Record:
         """The enriched event of item ``position`` as JSON: equal, parsed, to :meth:`materialize`,
         without parsing the event into a tree (what delivery hands to adapters)."""
         h = self.header
-        found = h.violations
-        violations = found.get(position) if found else None
+        violations = self._violations_json(position)
         if h.enriched:
             return raw if violations is None else orjson.dumps(self._violations(position, orjson.loads(raw)))
         return self._enrichment_of(h).apply_json(raw, h.items[position][4], violations)
@@ -142,19 +141,22 @@ class Record:
                                           h.integrations)
         return self._enrichment
 
+    def _violations_json(self, position: int) -> bytes | None:
+        found = self.header.violations
+        return found.get(position) if found else None
+
     def violations_of(self, position: int) -> list[dict[str, Any]] | None:
         """The tracking-plan violations ingest recorded for item ``position``, if any."""
-        found = self.header.violations
-        data = found.get(position) if found else None
+        data = self._violations_json(position)
         return orjson.loads(data) if data is not None else None
 
     def _violations(self, position: int, event: dict[str, Any]) -> dict[str, Any]:
-        violations = self.header.violations
-        if violations and position in violations:
+        data = self._violations_json(position)
+        if data is not None:
             context = event.get("context")
             if not isinstance(context, dict):
                 context = event["context"] = {}
-            context["violations"] = orjson.loads(violations[position])
+            context["violations"] = orjson.loads(data)
         return event
 
     def stored_events(self) -> Iterator[StoredEvent]:
@@ -220,10 +222,6 @@ class Bundle:
     def route_of(self, position: int) -> Route:
         rec, i = self.locate(position)
         return rec.route_of(i)
-
-    def violations_of(self, position: int) -> list[dict[str, Any]] | None:
-        rec, i = self.locate(position)
-        return rec.violations_of(i)
 
     def materialize(self, position: int, raw: bytes) -> dict[str, Any]:
         rec, i = self.locate(position)

@@ -103,6 +103,7 @@ GROUP_BYTES = 512 * 1024
 # so far (not the pull's max_bytes: nats-server may answer its 409 before the last messages it sent,
 # which then wait for ack_wait): it must arrive within the pull's timeout and the pending limit.
 PULL_BYTES = 8 * 1024 * 1024
+_CLOSING = "the JetStream spool is closing"
 IDS_MAX = 65536           # hashes per ids message (512 KiB, within NATS' default 1 MiB max_payload)
 SAMPLE = 200              # records read for the cheap stats() estimates (the gauges read them every 5 s)
 
@@ -678,7 +679,7 @@ class JetStreamSpool(Spool):
                 except BaseException as exc:
                     for _, _, waiter in group:
                         if not waiter.done():
-                            waiter.set_exception(exc if isinstance(exc, Exception) else SpoolUnavailable("stopped"))
+                            waiter.set_exception(exc if isinstance(exc, Exception) else SpoolUnavailable(_CLOSING))
                     if not isinstance(exc, Exception):
                         raise
                 else:
@@ -700,7 +701,7 @@ class JetStreamSpool(Spool):
         queued, self._queued = self._queued, deque()
         for _, _, waiter in queued:
             if not waiter.done():
-                waiter.set_exception(SpoolUnavailable("the JetStream spool is closing"))
+                waiter.set_exception(SpoolUnavailable(_CLOSING))
 
     def _msg_id(self) -> str:
         """A Nats-Msg-Id unique across instances and restarts: this instance's random prefix and a counter."""

@@ -338,6 +338,9 @@ class Adapter(Generic[S]):
     # False for hops that forward to Segment itself: a payload's `All: false` selects Segment's
     # downstream destinations, it does not stop the event reaching Segment (as in analytics.js).
     honours_all: bool = True
+    # True when build_requests reads messages only through Message.json() (it forwards the
+    # event's JSON unchanged): delivery then need not keep a parsed event beside it.
+    forwards_json: bool = False
 
     def validate_settings(self, raw: Mapping[str, Any]) -> S:
         data = dict(raw)

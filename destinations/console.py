@@ -33,6 +33,7 @@ ADAPTER = Adapter(
     type="console",
     settings=Settings,
     build_requests=build_requests,
+    forwards_json=True,
     integration_names=("Console",),
     limits=BatchLimits(max_events=500, max_bytes=5_000_000),
     description="Print events as JSON lines on stdout.",

@@ -101,6 +101,7 @@ ADAPTER = Adapter(
     type="webhook",
     settings=Settings,
     build_requests=build_requests,
+    forwards_json=True,
     integration_names=("Webhooks", "Webhook", "Webhooks (Actions)"),
     limits=BatchLimits(max_events=1000, max_bytes=20_000_000),
     description="POST events as JSON to a URL, optionally signed (X-Signature HMAC-SHA1).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 
+import orjson
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -100,6 +101,33 @@ def test_build_requests_is_deterministic_and_pure(adapter: Adapter) -> None:
     ]
     assert a.skips == b.skips and a.rejects == b.rejects
     assert [m.event for m in messages] == before, "build_requests mutated its input"
+
+
+class _JsonOnly:
+    """Leased work that has only JSON: reading the parsed event fails the test."""
+
+    def __init__(self, event: dict) -> None:
+        self.raw = orjson.dumps(event)
+
+    def parsed(self) -> dict:
+        raise AssertionError("read Message.event, but forwards_json says the adapter reads only json()")
+
+    def json(self) -> bytes:
+        return self.raw
+
+
+@pytest.mark.parametrize("adapter", [a for a in ADAPTERS if a.forwards_json], ids=lambda a: a.type)
+def test_an_adapter_that_forwards_json_reads_nothing_else(adapter: Adapter) -> None:
+    # delivery lets go of the parsed event for these adapters (engine.deliver): they must not need it
+    settings = adapter.validate_settings(adapter.settings.example)
+    messages = [Message(None, "web", lazy=_JsonOnly(m)) for m in ALL]
+    built = adapter.build_requests(messages, settings)
+    assert built.requests and not built.rejects
+    assert b"".join(r.body or b"" for r in built.requests).count(b'"messageId"') == len(ALL)
+
+
+def test_forwards_json_is_declared_by_the_pass_through_adapters():
+    assert {a.type for a in ADAPTERS if a.forwards_json} == {"webhook", "console"}
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS, ids=IDS)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 import structlog
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
@@ -240,6 +241,7 @@ class DestinationWorker:
         messages = []
         owners: list[int] = []       # messages[i] comes from kept[owners[i]]
         settled: list[Settlement] = []
+        forwards = self.adapter.forwards_json
         for w in batch:
             key = self.engine.write_key(w.source, w.key_index)
             try:
@@ -259,16 +261,31 @@ class DestinationWorker:
                 self.log.debug("event_skipped", message_id=w.message_id, reason=applied.skip)
                 settled.append(Settlement(w, Disposition.SKIPPED, applied.skip))
                 continue
-            original = Message(event, w.source, key, raw=w.raw)
+            original = Message(None, w.source, key, lazy=w)
             kept.append(w)
             originals.append(original)
             if applied is None:
                 messages.append(original)
                 owners.append(len(kept) - 1)
                 continue
-            for out in applied.events:  # the unchanged event keeps its stored bytes (pass-through adapters)
-                messages.append(original if out is event else Message(out, w.source, key))
+            for out in applied.events:
+                if out is event:
+                    messages.append(original)
+                    if forwards:  # encoded now: the tree can go (below)
+                        w.json()
+                elif forwards:
+                    try:
+                        messages.append(Message(None, w.source, key, raw=orjson.dumps(out)))
+                    except TypeError:  # not JSON (a transform's result): the adapter path fails it as always
+                        messages.append(Message(out, w.source, key))
+                else:
+                    messages.append(Message(out, w.source, key))
                 owners.append(len(kept) - 1)
+            if forwards:
+                # The adapter reads only JSON: let the event's tree go now rather than keep the
+                # trees of the whole batch alive while it is sent; the garbage collector would
+                # trace and promote them all (measured: ~15 % of the server's CPU with filters).
+                w.event = None
         if settled:
             await self.spool.settle(self.name, settled)
             if TAPS.settled:

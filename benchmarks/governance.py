@@ -13,8 +13,9 @@ webhook destination to the batching receiver of common.py) gets --e2e-events eve
 batches (8 connections) while it delivers them, once plain and once with the realistic set (the
 destination has the 5 conditions, the sample — 90 % by messageId, so the sampled share is the same
 in every run — and the field drop; the source has the 20-event plan in flag mode, as a file).
-Rounds alternate the order. It prints ingest events/s (the fill) and end-to-end events/s (from the
-first request until every event is settled for the destination: delivered + skipped on
+Rounds alternate the order; with --only plan or --only filters the governed run has only that
+half of the set (to split the cost). It prints ingest events/s (the fill) and end-to-end events/s
+(from the first request until every event is settled for the destination: delivered + skipped on
 /metrics), the governed run's ratio to the plain one (target: at least 0.90), and the server's CPU
 per event (which shows the cost when events/s are bound by the disk or a busy machine).
 """
@@ -108,7 +109,7 @@ def _settled(url: str) -> float:
     return total
 
 
-def end_to_end_once(workdir: Path, governed: bool, events_n: int, tag: str) -> dict:
+def end_to_end_once(workdir: Path, governed: bool, events_n: int, tag: str, only: str | None = None) -> dict:
     import yaml
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,13 +124,14 @@ def end_to_end_once(workdir: Path, governed: bool, events_n: int, tag: str) -> d
         source: dict = {"name": "bench", "write_keys": [WRITE_KEY]}
         dest: dict = {"name": "hook", "type": "webhook", "settings": {"url": receiver + "/hook", "batch_size": 500},
                       "delivery": {"max_batch_events": 500, "concurrency": 4}}
-        if governed:
+        if governed and only != "filters":
             plan = plan_of_20()
             data = {"events": {name: schema.schema if schema is not None else None
                                for name, schema in plan.events.items()}, "identify": {"type": "object"}}
             (workdir / "plan.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
             source["tracking_plan"] = {"file": str(workdir / "plan.yaml"), "unplanned_events": "flag",
                                        "on_violation": "flag"}
+        if governed and only != "plan":
             dest["filters"] = E2E_STEPS
         config = {"server": {"host": "127.0.0.1", "port": port},
                   "storage": {"path": str(workdir / f"data-{tag}"), "durability": "full"},
@@ -167,7 +169,8 @@ def end_to_end(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             order = (False, True) if r % 2 == 0 else (True, False)
             for governed in order:
-                res = end_to_end_once(workdir, governed, args.e2e_events, f"{'gov' if governed else 'plain'}-{r}")
+                tag = f"{'gov' if governed else 'plain'}-{r}"
+                res = end_to_end_once(workdir, governed, args.e2e_events, tag, args.only)
                 runs.append(res)
                 label = "governed" if governed else "plain   "
                 print(f"  round {r + 1} {label}: ingest {res['ingest']:,.0f} events/s, "
@@ -198,6 +201,8 @@ def main() -> None:
     ap.add_argument("--end-to-end", action="store_true", help="real servers with and without the set (see above)")
     ap.add_argument("--e2e-events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--only", choices=("plan", "filters"),
+                    help="end-to-end: the governed run has only the plan, or only the filters (to split the cost)")
     args = ap.parse_args()
     if args.end_to_end:
         print(f"load average {os.getloadavg()[0]:.2f}; {args.e2e_events} events per run, 100 per request")

@@ -167,6 +167,36 @@ async def test_event_counts_kept_by_the_writer_match_a_scan_across_segments(tmp_
         await reader.close()
 
 
+async def test_appends_made_together_share_a_commit_and_none_is_left_behind_by_close(tmp_path, monkeypatch):
+    """Appends made in one event-loop iteration reach the writer together: one commit (one fsync)
+    for all, duplicates among them caught; close() right after still commits every one of them."""
+    spool = await opened(tmp_path)
+    groups: list[int] = []
+    commit = spool._commit
+
+    def counting(group):
+        groups.append(len(group))
+        return commit(group)
+
+    monkeypatch.setattr(spool, "_commit", counting)
+    try:
+        results = await asyncio.gather(*(spool.append(request(f"t-{i}", "dup")) for i in range(50)))
+        assert groups == [50]
+        assert sum(r.stored for r in results) == 51 and sum(r.duplicates for r in results) == 49
+        assert len(await lease_all(spool)) == 51
+        late = [asyncio.ensure_future(spool.append(request(f"late-{i}"))) for i in range(5)]
+        await asyncio.sleep(0)  # the appends are made and waiting; close before the writer has them
+    finally:
+        await spool.close()
+    assert [r.stored for r in await asyncio.wait_for(asyncio.gather(*late), 5)] == [1] * 5
+    spool = await opened(tmp_path)
+    try:
+        again = await lease_all(spool)  # nothing was settled: all of it is leased again
+        assert len(again) == 56 and {f"late-{i}" for i in range(5)} <= set(again)
+    finally:
+        await spool.close()
+
+
 async def test_a_second_server_process_cannot_take_the_spool(tmp_path):
     first = await opened(tmp_path)
     try:

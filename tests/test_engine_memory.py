@@ -79,6 +79,31 @@ async def test_a_retry_sends_only_the_requests_that_failed():
         await spool.close()
 
 
+async def test_a_batch_that_waited_for_a_slot_is_not_sent_once_the_destination_failed():
+    """concurrency 1: the second batch is taken while the first is in flight. The first fails and
+    opens the circuit; the second then goes back to the buffer and only one-event probes are sent."""
+    spool = MemorySpool()
+    await spool.start()
+    await spool.attach(["mp"])
+    for i in range(40):  # all there before the worker starts: its batches are full at once
+        await spool.append(order(f"w{i}"))
+    engine = DeliveryEngine(config(backoff_initial=3600, backoff_max=3600, probe_interval=0.05, concurrency=1,
+                                   probe_interval_max=0.1, max_batch_events=10), spool)
+    script = Script({"/import": [503] * 4})
+    engine.transport = script  # type: ignore[method-assign]
+    await engine.start()
+    try:
+        await until(lambda: len([1 for p, _ in script.sent if p == "/import"]) >= 4)
+        imports = [len(r.messages) for p, r in script.sent if p == "/import"]
+        assert imports[:4] == [10, 1, 1, 1], imports
+        await until(lambda: len({m["properties"]["$insert_id"] for p, r in script.sent if p == "/import"
+                                 for m in orjson.loads(r.body)}) == 40)
+        assert (await spool.stats(["mp"])).destinations["mp"].backlog == 0
+    finally:
+        await engine.stop(1.0)
+        await spool.close()
+
+
 async def test_an_open_circuit_sends_one_probe_at_a_time_and_recovery_delivers_everything():
     spool = MemorySpool()
     await spool.start()

@@ -136,6 +136,14 @@ class DestinationWorker:
             if not batch:
                 continue
             await self.sem.acquire()
+            if self.open_since is not None and not self.probing:
+                # the destination failed while this batch waited for a slot: it goes back, and
+                # only probes are sent until the destination answers again
+                self.sem.release()
+                self.buffer.extendleft(reversed(batch))
+                if self.buffer_since is None:
+                    self.buffer_since = time.monotonic()
+                continue
             task = asyncio.create_task(self.deliver(batch, probe=self.probing))
             self.inflight.add(task)
             task.add_done_callback(self._done)

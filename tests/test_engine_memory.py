@@ -129,3 +129,34 @@ async def test_an_open_circuit_sends_one_probe_at_a_time_and_recovery_delivers_e
     finally:
         await engine.stop(1.0)
         await spool.close()
+
+
+async def test_a_partial_batch_is_not_leased_again_after_every_commit():
+    """At a low rate each request is its own commit; the worker gathers a partial batch until the
+    flush interval is up without reading the spool once per commit, and still delivers every event."""
+    spool = MemorySpool()
+    await spool.start()
+    engine = DeliveryEngine(config(flush_interval=0.2, max_batch_events=500), spool)
+    script = Script({})
+    engine.transport = script  # type: ignore[method-assign]
+    leases = 0
+    lease = spool.lease
+
+    async def counted(*args, **kwargs):
+        nonlocal leases
+        leases += 1
+        return await lease(*args, **kwargs)
+
+    spool.lease = counted  # type: ignore[method-assign]
+    await engine.start()
+    try:
+        await until(lambda: leases > 0)
+        leases = 0
+        for i in range(60):  # one commit every ~5 ms
+            await spool.append(order(f"s{i}"))
+            await asyncio.sleep(0.005)
+        await until(lambda: sum(len(r.messages) for p, r in script.sent if p == "/import") == 60)
+        assert leases < 30, leases  # once per commit would be 60 or more
+    finally:
+        await engine.stop(1.0)
+        await spool.close()

@@ -171,7 +171,12 @@ class DestinationWorker:
             remaining = self.d.flush_interval - (time.monotonic() - self.buffer_since)
             if remaining > 0 and not self.stopping:
                 await self.spool.wait(self.name, remaining)
-                if time.monotonic() - self.buffer_since < self.d.flush_interval:
+                left = self.d.flush_interval - (time.monotonic() - self.buffer_since)
+                if left > 0:
+                    # More was committed. At a low rate that is one request, so leasing now would
+                    # read the spool once per request: let a quarter of the interval's commits
+                    # gather first (the batch still leaves when the interval is up, or full).
+                    await asyncio.sleep(min(left, self.d.flush_interval / 4))
                     return None  # lease what came meanwhile, then decide again
         return self._take()
 

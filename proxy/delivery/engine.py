@@ -297,7 +297,8 @@ class DestinationWorker:
             if forwards:
                 # The adapter reads only JSON: let the event's tree go now rather than keep the
                 # trees of the whole batch alive while it is sent; the garbage collector would
-                # trace and promote them all (measured: ~15 % of the server's CPU with filters).
+                # trace and promote them all (measured with filters on a webhook: ~8 µs of CPU
+                # per event).
                 w.event = None
         if settled:
             await self.spool.settle(self.name, settled)

@@ -219,12 +219,13 @@ class MemorySpool(Spool):
                     continue
                 if destination not in rec.record.route_of(pos).destinations:
                     continue
-                event = rec.record.materialize_json(pos, raw)
-                if not room(len(event)):
+                if not room(len(raw)):
                     return out
                 leased.add(("n", seq))
-                total += len(event)
-                out.append(Work(("n", seq), h.source, h.key_index, h.received_at, len(event), raw=event))
+                total += len(raw)
+                # made on demand, as the embedded and JetStream backends do (Work.json / parsed)
+                out.append(Work(("n", seq), h.source, h.key_index, h.received_at, len(raw),
+                                stored=(rec.record, pos, raw)))
         return out
 
     def _advance(self, destination: str, cursor: _Cursor) -> None:

@@ -283,8 +283,8 @@ class EmbeddedSpool(Spool):
                 d.event.set()
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Give the writer every append this loop made since the last hand-over: waking the writer
-        thread once per request cost ~10 µs of the event loop's time per single-event request."""
+        """Give the writer every append this loop made since the last hand-over: one queue put and
+        at most one wake-up of the writer thread per loop iteration, rather than one per request."""
         gathered = self._gathering.pop(loop, None)
         if gathered:
             self._queue.put(gathered)

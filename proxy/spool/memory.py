@@ -31,6 +31,7 @@ from proxy.spool.base import (
     Settlement,
     Spool,
     SpoolFull,
+    SpoolUnavailable,
     Stats,
     StoredEvent,
     Work,
@@ -150,6 +151,8 @@ class MemorySpool(Spool):
     async def append(self, request: Append) -> AppendResult:
         if self.role == "admin":
             raise RuntimeError("an admin spool does not append")
+        if self._closed:
+            raise SpoolUnavailable("the spool is closed")
         await asyncio.sleep(0)  # a commit point: concurrent appends interleave here, as with a real backend
         if self._bytes >= self.max_bytes:
             raise SpoolFull("the spool is full")

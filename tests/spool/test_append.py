@@ -90,3 +90,23 @@ async def test_an_item_routed_nowhere_is_stored_but_leased_by_nobody(harness):
     assert r.stored == 2
     assert mids(await lease_all(spool, "A")) == ["m2"]
     assert [e.event["messageId"] for e in await spool.events()] == ["m1", "m2"]
+
+
+async def test_an_append_after_close_is_refused_at_once(harness):
+    """A request that reaches a closed spool (a shutdown racing a client) gets SpoolUnavailable —
+    ingest answers 503 — and is never left waiting for a commit nobody will make."""
+    from proxy.spool.base import SpoolUnavailable
+
+    spool = await harness.open()
+    await spool.attach(["A"])
+    assert (await spool.append(req(ev("m1")))).stored == 1
+    await harness.close(spool)
+    try:
+        await asyncio.wait_for(spool.append(req(ev("m2"))), 10)
+    except SpoolUnavailable:
+        pass
+    else:
+        raise AssertionError("a closed spool stored an event")
+    spool = await harness.open()
+    await spool.attach(["A"])
+    assert await deliver_all(spool, "A") == ["m1"]

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from proxy.config import EmbeddedStorage
-from proxy.spool import Append, Disposition, Item, Route, Settlement, dedup_hash, open_spool
+from proxy.spool import Append, Disposition, Item, Route, Settlement, SpoolUnavailable, dedup_hash, open_spool
 from proxy.spool.embedded import EmbeddedSpool
 from tests.fakes.base import FakeServer
 from tests.fakes.recorder import Recorder
@@ -189,6 +189,8 @@ async def test_appends_made_together_share_a_commit_and_none_is_left_behind_by_c
     finally:
         await spool.close()
     assert [r.stored for r in await asyncio.wait_for(asyncio.gather(*late), 5)] == [1] * 5
+    with pytest.raises(SpoolUnavailable):  # after close: refused at once, never left waiting
+        await asyncio.wait_for(spool.append(request("after-close")), 5)
     spool = await opened(tmp_path)
     try:
         again = await lease_all(spool)  # nothing was settled: all of it is leased again

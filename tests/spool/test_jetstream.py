@@ -286,6 +286,32 @@ async def test_an_unreachable_cluster_answers_503_after_the_bounded_wait(tmp_pat
             await spool.close()
 
 
+async def test_no_peers_for_placement_is_asked_again_and_a_bad_request_is_not(tmp_path):
+    """Stream creation answered "no suitable peers for placement" (seen while a node restarts or
+    misses its heartbeats on a loaded machine) is asked again within the wait, as a 503 is; any
+    other refusal is raised at once."""
+    from proxy.spool.jetstream import ERR_NO_PEERS, _ApiError
+
+    spool = JetStreamSpool(storage(["nats://127.0.0.1:1"], "patient", tmp_path, **SMALL))
+    answers: list[BaseException | str] = [
+        _ApiError(400, ERR_NO_PEERS, "no suitable peers for placement, peer offline"),
+        _ApiError(503, 10008, "JetStream system temporarily unavailable"), "created"]
+
+    async def call():
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert await spool._patiently(call, "stream x") == "created" and not answers
+
+    async def refused():
+        raise _ApiError(400, 10052, "replicas > 1 not supported in non-clustered mode")
+
+    with pytest.raises(_ApiError):
+        await asyncio.wait_for(spool._patiently(refused, "stream x"), 5)
+
+
 def _run_driver(mode: str, prefix: str, out: Path, urls: list[str], name: str = "p") -> subprocess.Popen[bytes]:
     log = out.with_suffix(".log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "tests.spool.jetstream_driver", mode, prefix, str(out), *urls,

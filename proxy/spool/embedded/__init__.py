@@ -256,6 +256,8 @@ class EmbeddedSpool(Spool):
         return None
 
     async def append(self, request: Append) -> AppendResult:
+        if self._closed:  # nobody would commit it: 503, never a wait
+            raise SpoolUnavailable("the spool is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[AppendResult, int]] = loop.create_future()
         gathering = self._gathering.get(loop)

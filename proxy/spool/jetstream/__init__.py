@@ -88,6 +88,7 @@ ERR_STREAM_NOT_FOUND = 10059
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_STREAM_EXISTS = 10058
 ERR_NO_MESSAGE = 10037
+ERR_NO_PEERS = 10005      # "no suitable peers for placement": a peer the meta leader sees as offline
 _U32 = struct.Struct("<I")
 _NS = 1_000_000_000
 POLL = 1.0                # wait() returns at least this often (retries that became due)
@@ -421,10 +422,11 @@ class JetStreamSpool(Spool):
         return data
 
     async def _patiently(self, call: Any, what: str) -> Any:
-        """``await call()``, asked again while the cluster is electing or recovering (no answer, or
-        a 503 from JetStream: right after a whole-cluster restart a stream can take many seconds
-        to get its leader) for up to max(30 s, 3 x publish_timeout); then its error. No responders
-        (JetStream off) is not asked again."""
+        """``await call()``, asked again while the cluster is electing or recovering (no answer, a
+        503 from JetStream: right after a whole-cluster restart a stream can take many seconds to
+        get its leader; or no peers to place replicas on while a node is restarting or briefly
+        missed its heartbeat) for up to max(30 s, 3 x publish_timeout); then its error. No
+        responders (JetStream off) is not asked again."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(30.0, 3 * self._cfg.publish_timeout)
         waited = False
@@ -432,7 +434,8 @@ class JetStreamSpool(Spool):
             try:
                 return await call()
             except _ApiError as exc:
-                if exc.code != 503 or loop.time() >= deadline:
+                transient = exc.code == 503 or exc.err_code == ERR_NO_PEERS or "no suitable peers" in exc.description
+                if not transient or loop.time() >= deadline:
                     raise
             except (JetStreamRefused, _NoResponders):
                 raise
@@ -603,6 +606,8 @@ class JetStreamSpool(Spool):
     async def append(self, request: Append) -> AppendResult:
         if self.role == "admin":
             raise SpoolUnavailable("append on an admin spool")
+        if self._closed:  # nothing would publish it: 503, never a wait
+            raise SpoolUnavailable("the spool is closed")
         now = request.received_at
         index = self._index
         kept: list[Item] = []

@@ -79,6 +79,22 @@ async def test_a_retry_sends_only_the_requests_that_failed():
         await spool.close()
 
 
+async def failing_engine(spool: MemorySpool, failures: int) -> tuple[DeliveryEngine, Script]:
+    """A started engine, one delivery at a time, batches of 10, whose first ``failures`` imports
+    get 503: the circuit opens, retries wait an hour, probes every 50-100 ms."""
+    engine = DeliveryEngine(config(backoff_initial=3600, backoff_max=3600, probe_interval=0.05, concurrency=1,
+                                   probe_interval_max=0.1, max_batch_events=10), spool)
+    script = Script({"/import": [503] * failures})
+    engine.transport = script  # type: ignore[method-assign]
+    await engine.start()
+    return engine, script
+
+
+def imported(script: Script) -> set[str]:
+    """The $insert_id of every event sent to /import (failed or not)."""
+    return {m["properties"]["$insert_id"] for p, r in script.sent if p == "/import" for m in orjson.loads(r.body)}
+
+
 async def test_a_batch_that_waited_for_a_slot_is_not_sent_once_the_destination_failed():
     """concurrency 1: the second batch is taken while the first is in flight. The first fails and
     opens the circuit; the second then goes back to the buffer and only one-event probes are sent."""
@@ -87,17 +103,12 @@ async def test_a_batch_that_waited_for_a_slot_is_not_sent_once_the_destination_f
     await spool.attach(["mp"])
     for i in range(40):  # all there before the worker starts: its batches are full at once
         await spool.append(order(f"w{i}"))
-    engine = DeliveryEngine(config(backoff_initial=3600, backoff_max=3600, probe_interval=0.05, concurrency=1,
-                                   probe_interval_max=0.1, max_batch_events=10), spool)
-    script = Script({"/import": [503] * 4})
-    engine.transport = script  # type: ignore[method-assign]
-    await engine.start()
+    engine, script = await failing_engine(spool, 4)
     try:
         await until(lambda: len([1 for p, _ in script.sent if p == "/import"]) >= 4)
         imports = [len(r.messages) for p, r in script.sent if p == "/import"]
         assert imports[:4] == [10, 1, 1, 1], imports
-        await until(lambda: len({m["properties"]["$insert_id"] for p, r in script.sent if p == "/import"
-                                 for m in orjson.loads(r.body)}) == 40)
+        await until(lambda: len(imported(script)) == 40)
         assert (await spool.stats(["mp"])).destinations["mp"].backlog == 0
     finally:
         await engine.stop(1.0)
@@ -107,11 +118,7 @@ async def test_a_batch_that_waited_for_a_slot_is_not_sent_once_the_destination_f
 async def test_an_open_circuit_sends_one_probe_at_a_time_and_recovery_delivers_everything():
     spool = MemorySpool()
     await spool.start()
-    engine = DeliveryEngine(config(backoff_initial=3600, backoff_max=3600, probe_interval=0.05, concurrency=1,
-                                   probe_interval_max=0.1, max_batch_events=10), spool)
-    script = Script({"/import": [503] * 6})
-    engine.transport = script  # type: ignore[method-assign]
-    await engine.start()
+    engine, script = await failing_engine(spool, 6)
     try:
         for i in range(40):
             await spool.append(order(f"p{i}"))
@@ -122,8 +129,7 @@ async def test_an_open_circuit_sends_one_probe_at_a_time_and_recovery_delivers_e
         assert all(len(r.messages) == 1 for r in imports[1:6]), [len(r.messages) for r in imports]
         await until(lambda: worker.open_since is None)
         # the probe went through: every event rescheduled an hour ahead is due at once
-        await until(lambda: len({m for p, r in script.sent if p == "/import"
-                                 for m in orjson.loads(r.body) for m in [m["properties"]["$insert_id"]]}) == 40)
+        await until(lambda: len(imported(script)) == 40)
         stats = await spool.stats(["mp"])
         assert stats.destinations["mp"].retries == 0 and stats.destinations["mp"].backlog == 0
     finally:
